@@ -1,0 +1,1 @@
+"""Git hook shims for repositories that use core.hooksPath (packaged as pytest_spml.githooks)."""

@@ -1,0 +1,154 @@
+"""``spml fixed-files``: may the changes since the base commit exist under the protocol?"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from .. import gitcmd
+from ..cliutil import add_output_options
+from ..errors import InputError
+from ..report import CheckResult, Report, Status
+
+if TYPE_CHECKING:
+    from ..fixedfiles.compliance import Compliance
+    from ..protocol import Protocol
+
+# The protocol parser (PyYAML) and glob matcher (pathspec) are imported after
+# the git listings start, so their import time overlaps git's tree walk.
+
+TOOL = "spml fixed-files"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "fixed-files",
+        help="check that only Variable files differ from the base commit",
+        description=(
+            "Check autoresearch Fixed-file compliance: a path may differ from the base commit only if it "
+            "matches variable.files and no fixed.files glob. Work tree, index and commits after the base are "
+            "all compared on raw bytes and modes, so assume-unchanged, skip-worktree, filters and exclude "
+            "files cannot hide a change."
+        ),
+    )
+    parser.add_argument("--protocol", metavar="PATH",
+                        help="the protocol file (default: [tool.spml] protocol, else autoresearch-protocol.md at the repository root)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--base", metavar="REV", help="compare against this commit (default: HEAD)")
+    where.add_argument("--staged", action="store_true",
+                       help="judge only what the next commit would contain (the index) against HEAD")
+    parser.add_argument("--repo", metavar="DIR", default=".", help="repository to check (default: current directory)")
+    parser.add_argument("--no-cache", action="store_true", help="hash every file; ignore the stat cache in .git/spml/")
+    parser.add_argument("--governed-branches-only", action="store_true",
+                        help="pass without checking unless the current branch matches the protocol's 'branch' "
+                             "pattern (the pre-commit hook's mode); an explicit --base always enforces")
+    add_output_options(parser)
+    parser.set_defaults(run=run, tool=TOOL)
+    return parser
+
+
+def _protocol_at_base(root: Path, protocol_path: Path, base: str, relpath: str) -> tuple[Protocol | None, str]:
+    """The rules come from the base commit's protocol, so editing the protocol cannot widen them."""
+    from ..protocol import load_protocol
+
+    blob = gitcmd.run_git(root, ["cat-file", "-p", f"{base}:{relpath}"], check=False)
+    if not blob:
+        return None, f"{relpath} is not in the base commit; using the work-tree copy of the protocol"
+    at_base = load_protocol(protocol_path, root, text=blob.decode("utf-8", errors="replace"))
+    return dataclasses.replace(at_base, relpath=relpath), ""
+
+
+def _not_enforced(report: Report, why: str) -> Report:
+    report.notes.append(f"not enforced: {why}")
+    report.summary.update(compliant=True, violations=[], enforced=False)
+    return report
+
+
+def run(args: argparse.Namespace) -> Report:
+    from ..fixedfiles.compliance import Scan, judge
+
+    repo = gitcmd.repo_info(args.repo)
+    root = repo.root
+    if args.protocol:
+        protocol_path = Path(args.protocol)
+    else:
+        from ..config import load_config
+
+        protocol_path = root / load_config(root).protocol
+    protocol_path = protocol_path if protocol_path.is_absolute() else Path.cwd() / protocol_path
+    report = Report(tool=TOOL)
+    hook_mode = args.governed_branches_only and not args.base
+
+    if not protocol_path.is_file():
+        if hook_mode:
+            return _not_enforced(report, f"no protocol at {protocol_path}, so nothing is Fixed")
+        raise InputError("protocol file not found; pass --protocol PATH or run `spml init`", protocol_path)
+    try:
+        relpath = protocol_path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise InputError(f"the protocol must live inside the repository {root}", protocol_path) from None
+
+    if hook_mode:
+        from ..protocol import load_protocol
+
+        pattern = load_protocol(protocol_path, root).branch
+        branch = gitcmd.current_branch(root)
+        if branch is None or not fnmatch.fnmatchcase(branch, pattern):
+            shown = f"branch '{branch}'" if branch else "a detached HEAD"
+            return _not_enforced(
+                report, f"{shown} is not governed by the protocol (branch: '{pattern}'); "
+                        "Fixed files are frozen only on autoresearch branches"
+            )
+
+    head = gitcmd.resolve_commit(root, "HEAD")
+    base = gitcmd.resolve_commit(root, args.base) if args.base else head
+    if base is None:
+        if args.base:
+            raise InputError(f"unknown revision '{args.base}': give a commit, branch or tag of this repository", root)
+        return _not_enforced(report, "the repository has no commits yet; nothing to compare against")
+
+    # Let git walk the tree while the protocol is read and parsed.
+    scan = Scan(repo, base, head, staged=args.staged, use_cache=not args.no_cache)
+    try:
+        protocol, note = _protocol_at_base(root, protocol_path, base, relpath)
+        if protocol is None:
+            from ..protocol import load_protocol
+
+            protocol = load_protocol(protocol_path, root)
+            report.notes.append(note)
+    except BaseException:
+        scan.outputs()
+        raise
+    _fill_report(report, judge(scan, protocol), protocol)
+    return report
+
+
+def _fill_report(report: Report, compliance: Compliance, protocol: Protocol) -> None:
+    for v in compliance.violations:
+        if "new" in v.kinds:
+            rule, name = "FF003", "no new files outside variable.files"
+        elif v.fixed:
+            rule, name = "FF001", "Fixed paths unchanged"
+        else:
+            rule, name = "FF002", "only variable.files change"
+        report.results.append(CheckResult(rule, Status.FAIL, v.reason, path=v.path, name=name,
+                                          evidence={"kinds": list(v.kinds), "base": compliance.base}))
+    if compliance.compliant:
+        report.results.append(CheckResult(
+            "FF000", Status.PASS,
+            f"only Variable paths differ from base {compliance.base[:12]} ({compliance.mode})",
+            path=protocol.relpath, name="Fixed-file compliance", evidence=dict(compliance.stats),
+        ))
+    report.summary.update(
+        compliant=compliance.compliant,
+        violations=[v.to_dict() for v in compliance.violations],
+        base=compliance.base,
+        mode=compliance.mode,
+        enforced=True,
+        protocol=protocol.relpath,
+        stats=compliance.stats,
+    )

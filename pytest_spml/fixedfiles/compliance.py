@@ -1,0 +1,335 @@
+"""Fixed-file compliance: which paths differ from the base, and may they?
+
+A path may differ from the base commit only when it matches a
+``variable.files`` glob and no ``fixed.files`` glob (Fixed wins); the
+protocol file and ``.gitattributes`` files (they change how git reads
+content) are always Fixed. "Differs" is judged on raw bytes and modes
+against the base *tree*, everywhere a change can hide:
+
+* the work tree, seen through a :class:`~.shadow.ShadowRepo` that the
+  repository's index flags, filters and exclude files cannot fool;
+* the real index (what the next commit would contain);
+* commits made after the base, including edits later reverted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from .. import gitcmd
+from .shadow import ShadowRepo
+
+if TYPE_CHECKING:
+    from ..protocol import Protocol
+    from .ignore import BaseIgnore
+
+# pathspec and PyYAML are imported only once the git listings are running
+# (see Scan): their import time then overlaps with git's walk of the tree.
+
+_MODE_NAMES = {"120000": "symlink", "160000": "submodule", "040000": "folder", "000000": "nothing"}
+
+
+@dataclass(frozen=True)
+class Violation:
+    path: str
+    reason: str
+    kinds: tuple[str, ...]
+    fixed: bool
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason, "kinds": list(self.kinds)}
+
+
+@dataclass
+class Compliance:
+    base: str
+    mode: str  # "worktree" or "staged"
+    violations: list[Violation] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def compliant(self) -> bool:
+        return not self.violations
+
+
+class Rules:
+    """The protocol's partition of paths, with Fixed winning over Variable."""
+
+    def __init__(self, protocol: Protocol):
+        from ..globs import PathMatcher
+
+        self.always_fixed = {protocol.relpath}
+        self.fixed = PathMatcher(protocol.fixed_files)
+        self.variable = PathMatcher(protocol.variable_files)
+
+    def is_fixed(self, path: str) -> bool:
+        return path in self.always_fixed or os.path.basename(path) == ".gitattributes" or self.fixed(path)
+
+    def may_differ(self, path: str) -> bool:
+        return not self.is_fixed(path) and self.variable(path)
+
+    def fixed_may_match_under(self, folder: str) -> bool:
+        prefix = folder.rstrip("/") + "/"
+        return self.fixed.may_match_under(folder) or any(p.startswith(prefix) for p in self.always_fixed)
+
+
+def _kind_name(mode: str) -> str:
+    return _MODE_NAMES.get(mode, "file")
+
+
+def _describe(status: str, old_mode: str, new_mode: str, where: str) -> tuple[str, str]:
+    """(kind, text) for one raw diff entry; ``where`` says which copy differs."""
+    if status == "D":
+        return "deleted", f"deleted {where}"
+    if status == "A":
+        return "new", f"new file {where}"
+    if status == "U":
+        return "staged", "unmerged (conflicted) in the index"
+    if status == "T" or _kind_name(old_mode) != _kind_name(new_mode):
+        return "type_changed", f"type changed {where}: {_kind_name(old_mode)} -> {_kind_name(new_mode)}"
+    if old_mode != new_mode:
+        return "mode_changed", f"mode changed {where}: {old_mode} -> {new_mode}"
+    return "modified", f"modified {where}"
+
+
+def _parse_raw_diff(out: bytes) -> list[tuple[str, str, str, str]]:
+    """``git diff-* --raw -z`` -> [(status, old_mode, new_mode, path)]."""
+    fields = out.split(b"\0")
+    entries = []
+    i = 0
+    while i + 1 < len(fields):
+        meta = fields[i]
+        if not meta.startswith(b":"):
+            i += 1
+            continue
+        old_mode, new_mode, _old, _new, status = meta[1:].decode().split(" ")
+        entries.append((status[0], old_mode, new_mode, gitcmd.decode_path(fields[i + 1])))
+        i += 2
+    return entries
+
+
+def _parse_status_v2(out: bytes) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """Shadow ``git status --porcelain=v2 -z`` -> (work-tree changes, untracked entries)."""
+    changes: list[tuple[str, str, str, str]] = []
+    untracked: list[str] = []
+    for record in out.split(b"\0"):
+        if not record:
+            continue
+        tag = record[:1]
+        if tag in (b"?", b"!"):
+            untracked.append(gitcmd.decode_path(record[2:]))
+        elif tag == b"1":
+            # 1 XY sub mH mI mW hH hI path; the shadow index equals the base tree
+            parts = record.split(b" ", 8)
+            xy = parts[1].decode()
+            changes.append((xy[1], parts[4].decode(), parts[5].decode(), gitcmd.decode_path(parts[8])))
+    return changes, untracked
+
+
+def _parse_commit_paths(out: bytes) -> dict[str, str]:
+    """``git log --name-only -z --format=%x01%H`` -> {path: newest commit touching it}."""
+    touched: dict[str, str] = {}
+    commit = ""
+    for token in out.split(b"\0"):
+        token = token.lstrip(b"\n")
+        if not token:
+            continue
+        if token.startswith(b"\x01"):
+            commit = token[1:].decode()
+            continue
+        touched.setdefault(gitcmd.decode_path(token), commit)
+    return touched
+
+
+def _base_ignore(scan: "Scan") -> BaseIgnore:
+    """Ignore rules from the base commit's ``.gitignore`` files only."""
+    from .ignore import BaseIgnore
+
+    records = scan.base_gitignores()
+    blobs = gitcmd.cat_blobs(scan.repo.root, [e.sha for e in records.values()])
+    return BaseIgnore({
+        os.path.dirname(p): blobs.get(e.sha, b"").decode("utf-8", errors="replace") for p, e in records.items()
+    })
+
+
+def _walk_files(root: Path, folder: str) -> list[str]:
+    """Every non-folder path under ``folder`` (symlinks are entries, never followed)."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root / folder, followlinks=False):
+        rel = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if rel == "." else rel + "/"
+        found.extend(prefix + name for name in filenames)
+        for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            found.append(prefix + name)
+            dirnames.remove(name)
+    return found
+
+
+def _hidden_by(root: Path, paths: list[str]) -> dict[str, str]:
+    """Why the repository's own git view missed a change: evidence, not judgement."""
+    if not paths:
+        return {}
+    hints: dict[str, str] = {}
+    tags = gitcmd.run_git(root, ["ls-files", "-v", "-z", "--", *paths], check=False)
+    for record in tags.split(b"\0"):
+        if len(record) > 2:
+            tag, path = record[:1].decode(), gitcmd.decode_path(record[2:])
+            if tag == "S":
+                hints[path] = "hidden from git by skip-worktree"
+            elif tag.islower():
+                hints[path] = "hidden from git by assume-unchanged"
+    attrs = gitcmd.run_git(root, ["check-attr", "-z", "filter", "--", *paths], check=False).split(b"\0")
+    for i in range(0, len(attrs) - 2, 3):
+        value = attrs[i + 2].decode()
+        if value not in ("unspecified", "unset", ""):
+            hints.setdefault(gitcmd.decode_path(attrs[i]), f"git reads it through the '{value}' filter")
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-z", "--no-index", "--stdin"], cwd=root, capture_output=True, env=gitcmd.git_env(),
+        input=b"\0".join(os.fsencode(p) for p in paths) + b"\0",
+    ).stdout
+    for raw in ignored.split(b"\0"):
+        if raw:
+            hints.setdefault(gitcmd.decode_path(raw), "hidden from `git status` by an exclude rule")
+    return hints
+
+
+class Scan:
+    """The git listings one check needs, started at once and in the background.
+
+    Starting them before the protocol is parsed lets git walk the tree while
+    Python imports and parses; :meth:`outputs` waits for all of them.
+    """
+
+    def __init__(self, repo: gitcmd.RepoInfo, base: str, head: str | None, *, staged: bool, use_cache: bool):
+        self.repo, self.base, self.head, self.staged = repo, base, head, staged
+        root = repo.root
+        self._procs = {"index": gitcmd.start_git(root, ["diff-index", "--cached", "--raw", "-z", "--no-renames", base])}
+        if head and head != base:
+            self._procs["commits"] = gitcmd.start_git(root, ["diff-tree", "-r", "--raw", "-z", "--no-renames", base, head])
+            self._procs["log"] = gitcmd.start_git(
+                root, ["log", "--no-renames", "--name-only", "-z", "--format=%x01%H", f"{base}..{head}"]
+            )
+        self._shadow: ShadowRepo | None = None
+        if not staged:
+            self._shadow = ShadowRepo(repo, fresh=not use_cache).__enter__()
+            try:
+                self._shadow.set_base(base)
+                self._procs["worktree"] = self._shadow.start([
+                    "status", "--porcelain=v2", "-z", "--untracked-files=normal", "--ignored=traditional",
+                    "--ignore-submodules=none", "--no-renames",
+                ])
+            except BaseException:
+                self._shadow.__exit__(None, None, None)
+                raise
+
+    def base_gitignores(self) -> dict[str, gitcmd.TreeEntry]:
+        """``.gitignore`` files of the base tree, without listing the whole tree."""
+        if self._shadow is not None:
+            # The shadow index *is* the base tree, and ls-files takes glob pathspecs.
+            out = self._shadow.git(["ls-files", "-s", "-z", "--", ".gitignore", ":(glob)**/.gitignore"])
+            return {p: gitcmd.TreeEntry(e.mode, e.sha) for p, e in gitcmd.parse_ls_files_stage(out, tagged=False).items()}
+        records = gitcmd.run_git(self.repo.root, ["ls-tree", "-r", "-z", "--full-tree", self.base]).split(b"\0")
+        return gitcmd.parse_ls_tree(b"\0".join(r for r in records if r.endswith((b"\t.gitignore", b"/.gitignore"))))
+
+    def outputs(self) -> dict[str, bytes]:
+        try:
+            return {name: gitcmd.finish_git(proc, self.repo.root) for name, proc in self._procs.items()}
+        finally:
+            if self._shadow is not None:
+                self._shadow.__exit__(None, None, None)
+
+
+def judge(scan: Scan, protocol: Protocol) -> Compliance:
+    """Apply the protocol's rules to a finished :class:`Scan`."""
+    root, base, head = scan.repo.root, scan.base, scan.head
+    out = scan.outputs()
+    rules = Rules(protocol)
+    result = Compliance(base=base, mode="staged" if scan.staged else "worktree")
+    reasons: dict[str, list[tuple[str, str]]] = {}
+
+    def flag(path: str, kind: str, text: str) -> None:
+        reasons.setdefault(path, []).append((kind, text))
+
+    changes, untracked = _parse_status_v2(out.get("worktree", b""))
+    for status_letter, old_mode, new_mode, path in changes:
+        if not rules.may_differ(path):
+            flag(path, *_describe(status_letter, old_mode, new_mode, "in the work tree"))
+    result.stats["worktree_changes"] = len(changes)
+
+    for status_letter, old_mode, new_mode, path in _parse_raw_diff(out["index"]):
+        if not rules.may_differ(path):
+            kind, text = _describe(status_letter, old_mode, new_mode, "in the index")
+            if kind == "modified":
+                text = "staged content differs from the base"
+            flag(path, "staged" if kind != "new" else "new", text)
+    touched_by = _parse_commit_paths(out.get("log", b""))
+    net = _parse_raw_diff(out.get("commits", b""))
+    net_paths = {path for *_, path in net}
+    for status_letter, old_mode, new_mode, path in net:
+        if not rules.may_differ(path):
+            commit = touched_by.get(path, head or "")[:12]
+            kind, text = _describe(status_letter, old_mode, new_mode, f"by commit {commit} after the base")
+            flag(path, "committed" if kind != "new" else "new", text)
+    for path, commit in touched_by.items():
+        if path not in net_paths and not rules.may_differ(path):
+            flag(path, "committed", f"changed by commit {commit[:12]} after the base and changed back")
+
+    ignore: BaseIgnore | None = None
+    for entry in untracked:
+        if entry.endswith("/"):
+            folder = entry.rstrip("/")
+            if not rules.fixed_may_match_under(folder):
+                ignore = ignore or _base_ignore(scan)
+                if ignore.is_ignored(folder, is_dir=True):
+                    continue  # a whole run-output folder the base itself ignores
+            candidates = _walk_files(root, folder)
+        else:
+            candidates = [entry]
+        for path in candidates:
+            if rules.may_differ(path):
+                continue
+            if not rules.is_fixed(path):
+                ignore = ignore or _base_ignore(scan)
+                if ignore.is_ignored(path):
+                    continue  # checkpoints, logs: outputs the base commit ignores
+                flag(path, "new", "new untracked file")
+            else:
+                flag(path, "new", "new untracked file inside a Fixed path (Fixed paths may not gain files, ignored or not)")
+
+    hints = _hidden_by(root, sorted(reasons)) if reasons else {}
+    for path in sorted(reasons):
+        items = reasons[path]
+        kinds = tuple(dict.fromkeys(k for k, _ in items))
+        fixed = rules.is_fixed(path)
+        text = "; ".join(dict.fromkeys(t for _, t in items))
+        if path in hints:
+            text += f" ({hints[path]})"
+        text += " [Fixed]" if fixed else " [not in variable.files]"
+        result.violations.append(Violation(path, text, kinds, fixed))
+    result.stats["untracked_entries"] = len(untracked)
+    return result
+
+
+def check_fixed_files(
+    repo: gitcmd.RepoInfo,
+    protocol: Protocol,
+    base: str,
+    *,
+    head: str | None = None,
+    staged: bool = False,
+    use_cache: bool = True,
+) -> Compliance:
+    """Compare the repository against commit ``base`` under ``protocol``.
+
+    ``staged`` judges only what the next commit would contain (the index);
+    otherwise the work tree is judged too, including files git is told to
+    ignore or not to look at. ``head`` defaults to the current HEAD commit.
+    """
+    if head is None:
+        head = gitcmd.resolve_commit(repo.root, "HEAD")
+    return judge(Scan(repo, base, head, staged=staged, use_cache=use_cache), protocol)

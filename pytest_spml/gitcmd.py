@@ -1,0 +1,179 @@
+"""Plain ``git`` plumbing, run as short-lived subprocesses.
+
+We call git directly instead of GitPython: the hooks start on every commit
+and ``spml-loop`` runs for days, so start-up cost and long-lived handles both
+matter (GitPython is in maintenance mode and leaks in long-lived processes).
+All listings use ``-z`` so any file name round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+
+# Keep user configuration from changing what plumbing prints, and never let a
+# read-only check take the index lock (a concurrent `git commit` must not fail).
+_ENV_OVERRIDES = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
+
+
+def git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(_ENV_OVERRIDES)
+    return env
+
+
+def decode_path(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+def run_git(repo: str | Path, args: Sequence[str], *, input: bytes | None = None, check: bool = True) -> bytes:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=repo, input=input, capture_output=True, env=git_env()
+        )
+    except FileNotFoundError:
+        raise InputError("git is not installed or not on PATH; install git to use this command") from None
+    if check and proc.returncode != 0:
+        reason = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise InputError(f"git {' '.join(args[:2])} failed: {reason[-1] if reason else 'exit ' + str(proc.returncode)}", repo)
+    return proc.stdout
+
+
+def start_git(repo: str | Path, args: Sequence[str]) -> subprocess.Popen:
+    """Start a git listing in the background; pair with :func:`finish_git`."""
+    return subprocess.Popen(["git", *args], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=git_env())
+
+
+def finish_git(proc: subprocess.Popen, repo: str | Path) -> bytes:
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        reason = err.decode(errors="replace").strip().splitlines()
+        args = proc.args[1:3] if isinstance(proc.args, list) else []
+        raise InputError(f"git {' '.join(map(str, args))} failed: {reason[-1] if reason else proc.returncode}", repo)
+    return out
+
+
+def repo_root(start: str | Path = ".") -> Path:
+    start = Path(start)
+    proc = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=start if start.is_dir() else start.parent,
+        capture_output=True, env=git_env(),
+    )
+    if proc.returncode != 0:
+        raise InputError("not inside a git repository; run this from your project's repository", start)
+    return Path(os.fsdecode(proc.stdout.strip()))
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    root: Path
+    git_dir: Path
+    objects: Path
+    object_format: str
+
+
+def repo_info(start: str | Path = ".") -> RepoInfo:
+    """Everything the gates need to know about a repository, in one git call."""
+    start = Path(start)
+    cwd = start if start.is_dir() else start.parent
+    proc = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-path", "objects", "--show-object-format"],
+        cwd=cwd, capture_output=True, env=git_env(),
+    )
+    lines = os.fsdecode(proc.stdout).splitlines()
+    if proc.returncode != 0 or len(lines) < 4:
+        raise InputError("not inside a git repository with a work tree; run this from your project's repository", start)
+    root = Path(lines[0])
+    objects = Path(lines[2]) if os.path.isabs(lines[2]) else cwd.resolve() / lines[2]
+    return RepoInfo(root=root, git_dir=Path(lines[1]), objects=objects.resolve(), object_format=lines[3] or "sha1")
+
+
+def git_dir(repo: str | Path) -> Path:
+    out = run_git(repo, ["rev-parse", "--absolute-git-dir"]).strip()
+    return Path(os.fsdecode(out))
+
+
+def resolve_commit(repo: str | Path, rev: str) -> str | None:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, env=git_env()
+    )
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
+def current_branch(repo: str | Path) -> str | None:
+    proc = subprocess.run(["git", "symbolic-ref", "--short", "-q", "HEAD"], cwd=repo, capture_output=True, env=git_env())
+    return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+
+def object_format(repo: str | Path) -> str:
+    proc = subprocess.run(["git", "rev-parse", "--show-object-format"], cwd=repo, capture_output=True, env=git_env())
+    return proc.stdout.decode().strip() or "sha1" if proc.returncode == 0 else "sha1"
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    mode: str
+    sha: str
+
+
+def parse_ls_tree(out: bytes) -> dict[str, TreeEntry]:
+    """Parse ``git ls-tree -r -z --full-tree`` output."""
+    entries: dict[str, TreeEntry] = {}
+    for record in out.split(b"\0"):
+        if not record:
+            continue
+        meta, _, path = record.partition(b"\t")
+        mode, _type, sha = meta.split(b" ")
+        entries[decode_path(path)] = TreeEntry(mode.decode(), sha.decode())
+    return entries
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    mode: str
+    sha: str
+    stage: int
+    tag: str  # `git ls-files -v` tag: lower case = assume-unchanged, 'S' = skip-worktree
+
+
+def parse_ls_files_stage(out: bytes, tagged: bool = True) -> dict[str, IndexEntry]:
+    """Parse ``git ls-files -s [-v] -z``; conflicted paths keep their highest stage."""
+    entries: dict[str, IndexEntry] = {}
+    for record in out.split(b"\0"):
+        if not record:
+            continue
+        meta, _, path = record.partition(b"\t")
+        if not tagged:
+            meta = b"H " + meta
+        tag, mode, sha, stage = meta.split(b" ")
+        entries[decode_path(path)] = IndexEntry(mode.decode(), sha.decode(), int(stage), tag.decode())
+    return entries
+
+
+def split_z(out: bytes) -> list[str]:
+    return [decode_path(p) for p in out.split(b"\0") if p]
+
+
+def cat_blobs(repo: str | Path, shas: Sequence[str]) -> dict[str, bytes]:
+    """Read blobs with one ``git cat-file --batch`` process."""
+    if not shas:
+        return {}
+    out = run_git(repo, ["cat-file", "--batch"], input=("\n".join(shas) + "\n").encode())
+    blobs: dict[str, bytes] = {}
+    pos = 0
+    for sha in shas:
+        header_end = out.index(b"\n", pos)
+        header = out[pos:header_end].split(b" ")
+        if len(header) < 3:  # "<sha> missing"
+            pos = header_end + 1
+            continue
+        size = int(header[2])
+        start = header_end + 1
+        blobs[sha] = out[start:start + size]
+        pos = start + size + 1
+    return blobs

@@ -1,0 +1,313 @@
+"""The pytest plugin: options, ini keys, markers, gate items and fixtures.
+
+Loaded for every pytest run in an environment that has pytest-spml, so this
+module imports nothing heavy: torch, wandb and tensorboard are reached only
+from inside tests that ask for them, and the gate modules only when a gate
+is configured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pytest
+
+from .report import CheckResult, Status
+
+if TYPE_CHECKING:
+    from .plan.model import Plan
+    from .protocol import Protocol
+
+MARKERS = {
+    "spml_l0": "L0 static check of training code (runs on every pytest run; seconds)",
+    "spml_l1": "L1 runtime validation: trains the real pipeline; skipped unless --spml-l1 is given",
+    "spml_integration": "the plan's [INTEGRATION] subtask test: the assembled training pipeline",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved pytest-spml settings, command line over ini over defaults."""
+
+    l1: bool
+    l1_minutes: float
+    l1_steps: int | None
+    device: str
+    peak_flops: float | None
+    report: str | None
+    plans: tuple[str, ...]
+    protocol: str | None
+    fixed_files_base: str | None
+
+    def header(self) -> str:
+        l1 = (f"L1 on (budget {self.l1_minutes:g} min" + (f", {self.l1_steps} steps" if self.l1_steps else "")
+              + f", device {self.device})") if self.l1 else "L1 off (enable with --spml-l1)"
+        gates = ", ".join([*self.plans, *([self.protocol] if self.protocol else [])]) or "none configured"
+        peak = f"{self.peak_flops:g} FLOP/s" if self.peak_flops else "from device table"
+        return f"spml: {l1}; peak {peak}; gates: {gates}"
+
+
+settings_key = pytest.StashKey[Settings]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("spml", "pytest-spml: ML pipeline validation")
+    group.addoption("--spml-l1", action="store_true", default=False,
+                    help="run L1 runtime validation tests (marked spml_l1): train the real pipeline for a bounded time")
+    group.addoption("--spml-l1-minutes", type=float, default=None, metavar="MIN",
+                    help="L1 training time budget in minutes (ini: spml_l1_minutes; default 5)")
+    group.addoption("--spml-l1-steps", type=int, default=None, metavar="N",
+                    help="L1 training step limit, whichever of steps/minutes comes first (ini: spml_l1_steps)")
+    group.addoption("--spml-l1-device", default=None, metavar="DEVICE",
+                    help="device for L1: auto, cpu, cuda, cuda:N (ini: spml_l1_device; default auto)")
+    group.addoption("--spml-peak-flops", type=float, default=None, metavar="FLOPS",
+                    help="peak FLOP/s for MFU, overriding the device table (needed for MFU on CPU)")
+    group.addoption("--spml-report", default=None, metavar="PATH",
+                    help="write the L1 measurements as JSON to PATH (ini: spml_report)")
+
+    parser.addini("spml_plans", type="linelist", default=[],
+                  help="plan globs (relative to rootdir) gated as test items, one test per plan-gate rule")
+    parser.addini("spml_protocol", default="",
+                  help="autoresearch protocol gated as a test item (validated; see spml_fixed_files_base)")
+    parser.addini("spml_fixed_files_base", default="",
+                  help="when set (e.g. origin/main), also gate Fixed-file compliance against this revision")
+    parser.addini("spml_l1_minutes", default="5", help="L1 training time budget in minutes (default 5)")
+    parser.addini("spml_l1_steps", default="", help="L1 training step limit")
+    parser.addini("spml_l1_device", default="auto", help="device for L1 (default auto)")
+    parser.addini("spml_peak_flops", default="", help="peak FLOP/s for MFU, overriding the device table")
+    parser.addini("spml_report", default="", help="path for the L1 JSON report")
+
+
+def _number(config: pytest.Config, option: str, ini: str, kind: type) -> Any:
+    value = config.getoption(option)
+    if value is not None:
+        return value
+    raw = str(config.getini(ini)).strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise pytest.UsageError(f"ini key {ini} = {raw!r} is not a {kind.__name__}; fix it in your pytest config") from None
+
+
+def _settings(config: pytest.Config) -> Settings:
+    minutes = _number(config, "spml_l1_minutes", "spml_l1_minutes", float)
+    if minutes is not None and minutes <= 0:
+        raise pytest.UsageError(f"--spml-l1-minutes must be positive, got {minutes}")
+    return Settings(
+        l1=bool(config.getoption("spml_l1")),
+        l1_minutes=minutes if minutes is not None else 5.0,
+        l1_steps=_number(config, "spml_l1_steps", "spml_l1_steps", int),
+        device=config.getoption("spml_l1_device") or str(config.getini("spml_l1_device")) or "auto",
+        peak_flops=_number(config, "spml_peak_flops", "spml_peak_flops", float),
+        report=config.getoption("spml_report") or (str(config.getini("spml_report")) or None),
+        plans=tuple(config.getini("spml_plans")),
+        protocol=str(config.getini("spml_protocol")) or None,
+        fixed_files_base=str(config.getini("spml_fixed_files_base")) or None,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+    config.stash[settings_key] = _settings(config)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.stash[settings_key].header()
+
+
+def torch_missing_reason() -> str | None:
+    """Why L1 cannot run here, without importing torch to find out."""
+    if importlib.util.find_spec("torch") is None:
+        return "L1 needs PyTorch, which is not installed: pip install 'pytest-spml[torch]'"
+    return None
+
+
+# ---------------------------------------------------------------- gate items
+
+
+class GateFailure(Exception):
+    """A gate rule failed; carries the result for the failure report."""
+
+    def __init__(self, result: CheckResult):
+        super().__init__(result.message)
+        self.result = result
+
+
+class GateItem(pytest.Item):
+    """One gate rule applied to one file: its outcome is the rule's status."""
+
+    def __init__(self, *, result: CheckResult, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.result = result
+
+    def runtest(self) -> None:
+        if self.result.status is Status.SKIP:
+            pytest.skip(self.result.message)
+        if self.result.status in (Status.FAIL, Status.ERROR):
+            raise GateFailure(self.result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, GateFailure):
+            from .render import format_result
+
+            return format_result(excinfo.value.result)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        line = self.result.line - 1 if self.result.line else None
+        return self.path, line, f"{self.result.id} {self.result.name}".strip()
+
+
+class GateFile(pytest.File):
+    """A plan or protocol file gated as a collection of rule items."""
+
+    def __init__(self, *, results: list[CheckResult], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.results = results
+
+    def collect(self) -> Iterator[GateItem]:
+        seen: dict[str, int] = {}
+        for result in self.results:
+            name = f"{result.id}" if not result.name else f"{result.id} {result.name}"
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                name = f"{name} [{seen[name]}]"
+            yield GateItem.from_parent(self, name=name, result=result)
+
+
+def _plan_results(path: Path) -> list[CheckResult]:
+    from .errors import InputError
+    from .plan.model import parse_plan
+    from .plan.rules import check_plan
+
+    try:
+        return check_plan(parse_plan(path))
+    except InputError as exc:
+        return [CheckResult("PG000", Status.ERROR, exc.message, path=str(path), line=exc.line, name="plan readable")]
+
+
+def _protocol_results(path: Path, root: Path, base: str | None) -> list[CheckResult]:
+    from .errors import InputError
+    from .protocol import load_protocol
+
+    try:
+        protocol = load_protocol(path, root)
+    except InputError as exc:
+        return [CheckResult("PR001", Status.FAIL, exc.message, path=str(path), line=exc.line, name="protocol valid")]
+    results = [CheckResult("PR001", Status.PASS, "protocol fields present and valid", path=str(path), name="protocol valid")]
+    if base:
+        results.append(_fixed_files_result(path, root, base))
+    return results
+
+
+def _fixed_files_result(path: Path, root: Path, base: str) -> CheckResult:
+    import argparse
+
+    from .commands import fixed_files
+    from .errors import InputError
+
+    args = argparse.Namespace(repo=str(root), protocol=str(path), base=base, staged=False, no_cache=False,
+                              governed_branches_only=False)
+    try:
+        report = fixed_files.run(args)
+    except InputError as exc:
+        return CheckResult("FF000", Status.ERROR, str(exc), path=str(path), name="Fixed-file compliance")
+    if report.ok:
+        return CheckResult("FF000", Status.PASS, f"only Variable paths differ from {base}", path=str(path),
+                           name="Fixed-file compliance")
+    lines = "\n".join(f"  {v['path']}: {v['reason']}" for v in report.summary["violations"])
+    return CheckResult("FF000", Status.FAIL, f"paths that may not differ from {base}:\n{lines}", path=str(path),
+                       name="Fixed-file compliance")
+
+
+def _gate_files(session: pytest.Session) -> list[GateFile]:
+    settings = session.config.stash[settings_key]
+    root = session.config.rootpath
+    files: list[GateFile] = []
+    plans: dict[Path, None] = {}
+    for glob in settings.plans:
+        matched = sorted(p for p in root.glob(glob) if p.is_file())
+        if not matched:
+            raise pytest.UsageError(f"spml_plans: no plan matches {glob!r} under {root}; fix the ini key or add the plan")
+        plans.update(dict.fromkeys(matched))
+    for plan in plans:
+        files.append(GateFile.from_parent(session, path=plan, results=_plan_results(plan)))
+    if settings.protocol:
+        path = root / settings.protocol
+        if not path.is_file():
+            raise pytest.UsageError(f"spml_protocol: {path} does not exist; fix the ini key or run `spml init`")
+        results = _protocol_results(path, root, settings.fixed_files_base)
+        files.append(GateFile.from_parent(session, path=path, results=results))
+    return files
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Gate files usually live outside testpaths (docs/plans/), so they are
+    # added here, before -k/-m deselection runs, instead of by file discovery.
+    for gate_file in _gate_files(session):
+        items.extend(gate_file.collect())
+
+    settings = config.stash[settings_key]
+    if settings.l1:
+        reason = torch_missing_reason()
+        skip = pytest.mark.skip(reason=reason) if reason else None
+    else:
+        skip = pytest.mark.skip(reason="L1 runtime validation is off: run pytest --spml-l1 to train the pipeline")
+    if skip is not None:
+        for item in items:
+            if item.get_closest_marker("spml_l1"):
+                item.add_marker(skip)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def spml_settings(pytestconfig: pytest.Config) -> Settings:
+    """The resolved pytest-spml settings (L1 budget, device, gates)."""
+    return pytestconfig.stash[settings_key]
+
+
+@pytest.fixture(scope="session")
+def spml_plans(pytestconfig: pytest.Config) -> list["Plan"]:
+    """Every plan matched by the ``spml_plans`` ini globs, parsed."""
+    from .plan.model import parse_plan
+
+    root = pytestconfig.rootpath
+    globs = pytestconfig.stash[settings_key].plans
+    if not globs:
+        pytest.fail("spml_plans fixture: set the spml_plans ini key to your plan globs (e.g. docs/plans/*.md)",
+                    pytrace=False)
+    paths = sorted({p for g in globs for p in root.glob(g) if p.is_file()})
+    return [parse_plan(p) for p in paths]
+
+
+@pytest.fixture(scope="session")
+def spml_plan(spml_plans: list["Plan"]) -> "Plan":
+    """The one plan of the project (fails when spml_plans matches none or several)."""
+    if len(spml_plans) != 1:
+        names = ", ".join(str(p.path) for p in spml_plans) or "none"
+        pytest.fail(f"spml_plan fixture needs exactly one plan, spml_plans matched {len(spml_plans)}: {names}; "
+                    "use the spml_plans fixture for several", pytrace=False)
+    return spml_plans[0]
+
+
+@pytest.fixture(scope="session")
+def spml_protocol(pytestconfig: pytest.Config) -> "Protocol":
+    """The parsed autoresearch protocol (ini ``spml_protocol``, default autoresearch-protocol.md)."""
+    from .errors import InputError
+    from .protocol import load_protocol
+
+    root = pytestconfig.rootpath
+    path = root / (pytestconfig.stash[settings_key].protocol or "autoresearch-protocol.md")
+    try:
+        return load_protocol(path, root)
+    except InputError as exc:
+        pytest.fail(f"spml_protocol fixture: {exc}", pytrace=False)

@@ -1,0 +1,99 @@
+"""Renderers: turn a :class:`~pytest_spml.report.Report` into text, JSON or JUnit XML.
+
+Renderers never decide anything; the exit code and every line they print come
+from the report itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from .report import CheckResult, Report, Status
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+
+# json, xml.etree and tempfile are imported where used: the hooks print text
+# and should not pay for the other formats at start-up.
+
+
+def format_result(result: CheckResult) -> str:
+    """``path:line: ID message`` (or ``ID message`` without a location)."""
+    where = result.location
+    head = f"{where}: " if where else ""
+    return f"{head}{result.id} {result.message}"
+
+
+def render_text(report: Report, stream: TextIO, verbose: bool = False) -> None:
+    for note in report.notes:
+        stream.write(f"{report.tool}: {note}\n")
+    for result in report.results:
+        if result.status in (Status.FAIL, Status.ERROR) or verbose:
+            prefix = "" if result.status in (Status.FAIL, Status.ERROR) else f"[{result.status.value}] "
+            stream.write(prefix + format_result(result) + "\n")
+    counts = report.counts()
+    parts = [f"{counts[s.value]} {label}" for s, label in
+             ((Status.FAIL, "failed"), (Status.ERROR, "errors"), (Status.PASS, "passed"), (Status.SKIP, "skipped"))
+             if counts[s.value]]
+    verdict = "ok" if report.ok else "FAILED"
+    stream.write(f"{report.tool}: {verdict} ({', '.join(parts) or 'nothing checked'})\n")
+
+
+def render_json(report: Report, stream: TextIO) -> None:
+    import json
+
+    # compact separators keep json on its C encoder: violation lists can be long
+    json.dump(report.to_dict(), stream)
+    stream.write("\n")
+
+
+def junit_tree(report: Report) -> "ET.ElementTree":
+    import xml.etree.ElementTree as ET
+
+    counts = report.counts()
+    suite = ET.Element(
+        "testsuite",
+        name=report.tool,
+        tests=str(len(report.results)),
+        failures=str(counts["fail"]),
+        errors=str(counts["error"]),
+        skipped=str(counts["skip"]),
+    )
+    for result in report.results:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=(result.path or report.tool).replace("/", "."),
+            name=f"{result.id} {result.name}".strip(),
+        )
+        if result.path:
+            case.set("file", result.path)
+        if result.line:
+            case.set("line", str(result.line))
+        tag = {Status.FAIL: "failure", Status.ERROR: "error", Status.SKIP: "skipped"}.get(result.status)
+        if tag:
+            ET.SubElement(case, tag, message=result.message).text = format_result(result)
+        elif result.message:
+            ET.SubElement(case, "system-out").text = result.message
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def write_junit(report: Report, path: str | Path) -> None:
+    """Write JUnit XML atomically, so a killed run never leaves half a file for CI."""
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            junit_tree(report).write(fh, encoding="utf-8", xml_declaration=True)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

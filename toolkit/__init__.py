@@ -1,0 +1,1 @@
+"""Profiling toolkit (packaged as pytest_spml.toolkit)."""
