@@ -41,6 +41,7 @@ class Line(NamedTuple):
 
 @dataclass(frozen=True)
 class Subtask:
+    kind: str  # the heading's word as written: "Subtask", "Task" or "Step"
     number: str  # a string, so "2a" and "3.1" survive; compare numbers as strings
     name: str
     line: int  # the heading line
@@ -57,8 +58,9 @@ class Subtask:
 
     @property
     def title(self) -> str:
-        """``Subtask 3 (Evaluator core)``: how messages name a subtask."""
-        return f"Subtask {self.number} ({self.name})" if self.name else f"Subtask {self.number}"
+        """``Subtask 3 (Evaluator core)``: how messages name a subtask, in the plan's own words."""
+        label = f"{self.kind} {self.number}"
+        return f"{label} ({self.name})" if self.name else label
 
     @property
     def revision(self) -> str | None:
@@ -146,7 +148,7 @@ def read_plan_text(path: Path, shown: str | Path | None = None) -> str:
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SUBTASK = re.compile(
-    r"^(?:subtask|task|step)\s+(?P<number>\d+(?:\.\d+)*[a-z]?)\b\s*(?:[:.)\-\u2013\u2014]\s*)?(?P<name>.*)$", re.I
+    r"^(?P<kind>subtask|task|step)\s+(?P<number>\d+(?:\.\d+)*[a-z]?)\b\s*(?:[:.)\-\u2013\u2014]\s*)?(?P<name>.*)$", re.I
 )
 _MARKERS = (
     (INTEGRATION, re.compile(r"\[\s*integration\s*\]", re.I)),
@@ -302,6 +304,7 @@ def _subtask(heading: _Heading, match: re.Match[str], body: tuple[Line, ...], fe
         depends = (depends or []) + [n for n in numbers if n not in (depends or [])]
         depends_line = depends_line or line.number
     return Subtask(
+        kind=match.group("kind").capitalize(),
         number=match.group("number"),
         name=match.group("name").strip(),
         line=heading.line,

@@ -77,7 +77,8 @@ EVAL_SUBTASK_NAME = _re(r"\b(?:eval\w*|validation|validator)\b")
 
 _STEP_UNIT = r"(?:optimi[sz]er\s+|training\s+|train\s+|global\s+|gradient\s+)?(?:steps?|iterations?|iters?|updates?)"
 STEP_CADENCE = _re(
-    rf"\b(?:every|each|per)\s+(?:[\w`{{}}.,]+\s+)?{_STEP_UNIT}\b"  # every 500 steps, every N steps, each 1k iterations
+    rf"\b(?:every|each)\s+(?:[\w`{{}}.,]+\s+)?{_STEP_UNIT}\b"  # every 500 steps, every N steps, each 1k iterations
+    rf"|\bper\s+[\d,_]+k?\s+{_STEP_UNIT}\b"  # once per 500 steps (but not "loss per step")
     r"|\bstep[- ]based\b"
     r"|\b(?:eval|evaluation|val|validation)[_ -]?(?:interval|every|steps|freq|frequency|period)\b\s*[:=]?\s*\d"
     rf"|\bcadence\b[^\n]*?\b\d[\d,_]*\s*k?\s+{_STEP_UNIT}\b"  # Cadence: 500 steps
@@ -238,10 +239,6 @@ def _result(rule_id: str, plan: Plan, status: Status, message: str, line: int | 
                        evidence=dict(evidence or {}))
 
 
-def _subtask_list(subtasks: Iterable[Subtask]) -> str:
-    return ", ".join(s.number for s in subtasks) or "none"
-
-
 # --- integration and revision rules -----------------------------------------
 
 def check_single_integration(plan: Plan, facts: PlanFacts) -> CheckResult:
@@ -311,17 +308,18 @@ def check_integration_reruns(plan: Plan, facts: PlanFacts) -> CheckResult:
     evidence = {"integration": integration.number, "depends_on": [s.number for s in deps],
                 "explicit_depends_on": explicit, "changed_dependencies": [s.number for s in changed],
                 "integration_marker": integration.revision}
-    how = "its Depends on: line" if explicit else "it assembles every code subtask (no Depends on: line)"
+    how = "through its Depends on: line" if explicit else "as it has no Depends on: line, it assembles every code subtask"
     if integration.revision in (REVISED, NEW):
-        why = (f"it depends on changed {_subtask_list(changed)}" if changed
+        why = (f"it depends on {', '.join(s.title for s in changed)}, which changed" if changed
                else f"the integration itself is [ ] {integration.revision.upper()}")
         return _result("PG003", plan, Status.PASS,
                        f"{integration.title} re-runs L0+L1: {why}", integration.line, evidence)
     if changed:
-        names = ", ".join(f"{s.title} is [ ] {s.revision.upper()}" for s in changed)
+        names = ", ".join(f"{s.title} is [ ] {s.revision.upper()}" for s in changed)  # type: ignore[union-attr]
+        them = "it" if len(changed) == 1 else "them"
         return _result("PG003", plan, Status.FAIL,
-                       f"{names}, and the [INTEGRATION] {integration.title} depends on it ({how}) but is not "
-                       "re-flagged: mark the integration `[ ] REVISED`: it must re-run L0+L1",
+                       f"{names}, and the [INTEGRATION] {integration.title} depends on {them} ({how}), but the "
+                       "integration is not re-flagged: mark the integration `[ ] REVISED`: it must re-run L0+L1",
                        integration.line, evidence)
     return _result("PG003", plan, Status.PASS,
                    f"{integration.title} keeps its results: no subtask it depends on is revised or new",
@@ -340,8 +338,8 @@ def _skip_unless_applies(rule_id: str, plan: Plan, facts: PlanFacts) -> CheckRes
 def _missing(rule_id: str, plan: Plan, facts: PlanFacts, what: str, fix: str,
              evidence: Mapping[str, Any] | None = None) -> CheckResult:
     where = "the ## Evaluation section" if plan.evaluation else (
-        f"{facts.eval_subtask.title}" if facts.eval_subtask else "the plan")
-    return _result(rule_id, plan, Status.FAIL, f"{what}: {fix} (in {where})", facts.fix_line, evidence)
+        facts.eval_subtask.title if facts.eval_subtask else "the plan")
+    return _result(rule_id, plan, Status.FAIL, f"{what}: {fix}; write it in {where}", facts.fix_line, evidence)
 
 
 def check_eval_subtask(plan: Plan, facts: PlanFacts) -> CheckResult:
@@ -425,7 +423,9 @@ def check_entry_modes(plan: Plan, facts: PlanFacts) -> CheckResult:
                        f"both entry modes: checkpoint-based (line {checkpoint.number}), "
                        f"in-memory (line {in_memory.number})", checkpoint.number, evidence)
     missing = [name for name, found in (("checkpoint-based", checkpoint), ("in-memory", in_memory)) if not found]
-    return _missing("PG007", plan, facts, f"evaluation entry mode missing: {' and '.join(missing)}",
+    what = (f"the {missing[0]} evaluation entry mode is missing" if len(missing) == 1
+            else "the checkpoint-based and in-memory evaluation entry modes are missing")
+    return _missing("PG007", plan, facts, what,
                     "plan both entry modes, checkpoint-based (load a saved checkpoint, then evaluate) and "
                     "in-memory (the trainer evaluates its live model during training)", evidence)
 

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# pytest-spml demo: runs the gates on the example project end to end.
+# Run it through `make demo` (which installs everything first), or directly with
+# `spml` on PATH. It works in a temporary copy: nothing in this checkout changes.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo_root="$(cd "$here/.." && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/spml-demo.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+export GIT_CONFIG_GLOBAL="$work/gitconfig" GIT_CONFIG_NOSYSTEM=1
+git config --global user.name "SPML demo"
+git config --global user.email "demo@example.com"
+git config --global init.defaultBranch main
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+expect() {  # expect RC command...: run, show output, insist on the exit code
+    local want=$1; shift
+    printf '$ %s\n' "$*"
+    set +e; "$@"; local got=$?; set -e
+    if [ "$got" -ne "$want" ]; then
+        echo "demo: expected exit $want from '$*', got $got" >&2
+        exit 1
+    fi
+    echo "(exit $got, as expected)"
+}
+
+step "1. The example project, committed as the base of an autoresearch branch"
+cp -r "$here/mnist-mlp" "$work/project"
+cd "$work/project"
+git init -q -b autoresearch/demo
+git add -A && git commit -qm "baseline: L1-validated MLP"
+git ls-files
+
+step "2. Plan gate: the example plan passes"
+expect 0 spml plan-gate docs/plans/*.md
+
+step "3. Plan gate: a plan without its [INTEGRATION] subtask is refused"
+sed 's/\[INTEGRATION\]//' docs/plans/*.md > "$work/broken-plan.md"
+expect 1 spml plan-gate "$work/broken-plan.md"
+
+step "4. A legitimate round: Variable files change, run outputs appear"
+sed -i 's/hidden_size: 64/hidden_size: 128/' configs/train.yaml
+printf '\n# rounds may change the model\n' >> model.py
+mkdir -p checkpoints runs && echo weights > checkpoints/last.pt && echo '{"step": 1}' > runs/metrics.jsonl
+git status --short
+expect 0 spml fixed-files
+
+step "5. A cheating round: the Fixed evaluation is edited and hidden from git"
+printf '\naccuracy = 1.0  # "improvement"\n' >> eval/evaluate.py
+git update-index --assume-unchanged eval/evaluate.py
+echo "git status --short now shows:"; git status --short
+expect 1 spml fixed-files
+
+step "6. The same check as JSON, for agents and CI"
+set +e; spml fixed-files --format json > "$work/ff.json"; set -e
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({"compliant": d["compliant"], "violations": d["violations"]}, indent=2))' "$work/ff.json"
+
+step "7. The git hook refuses to commit the edited evaluation"
+git update-index --no-assume-unchanged eval/evaluate.py
+git config core.hooksPath "$repo_root/hooks"
+git add -A
+expect 1 git commit -qm "round 1: wider MLP"
+git checkout -q HEAD -- eval/evaluate.py
+expect 0 git commit -qm "round 1: wider MLP (hidden 128)"
+git log --oneline
+
+step "8. spml init writes the starting files into a new repository"
+mkdir "$work/new" && cd "$work/new" && git init -q
+expect 0 spml init
+find . -type f -not -path './.git/*' | sort
+expect 0 spml plan-gate docs/plans/experiment-plan.md
+
+printf '\n\033[1mDemo finished: every gate behaved as expected.\033[0m\n'

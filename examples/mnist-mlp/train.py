@@ -1,0 +1,69 @@
+"""Train the MLP: reads top to bottom, logs every step, checkpoints on a cadence."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from data.prepare import NUM_CLASSES, NUM_FEATURES, make_split
+from model import MLP
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--config", default="configs/train.yaml")
+parser.add_argument("--max-steps", type=int, default=None, help="override the config (L1 bounds training this way)")
+parser.add_argument("--out", default=".")
+args = parser.parse_args()
+cfg = yaml.safe_load(Path(args.config).read_text())
+max_steps = args.max_steps or cfg["max_steps"]
+
+random.seed(cfg["seed"])
+np.random.seed(cfg["seed"])
+torch.manual_seed(cfg["seed"])
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+features, labels = make_split("train")
+loader = DataLoader(TensorDataset(features, labels), batch_size=cfg["batch_size"], shuffle=True, drop_last=True,
+                    num_workers=0, pin_memory=device.type == "cuda")
+model = MLP(NUM_FEATURES, cfg["hidden_size"], NUM_CLASSES).to(device)
+optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_steps)
+loss_fn = torch.nn.CrossEntropyLoss()
+
+out = Path(args.out)
+(out / "runs").mkdir(parents=True, exist_ok=True)
+(out / "checkpoints").mkdir(parents=True, exist_ok=True)
+log = open(out / "runs" / "metrics.jsonl", "a")
+
+step = 0
+while step < max_steps:
+    for x, y in loader:
+        start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if step % cfg["log_every"] == 0 or step == max_steps:
+            record = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                      "lr": scheduler.get_last_lr()[0], "step_time_s": time.perf_counter() - start}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(f"step {step}: loss {record['loss']:.4f}")
+        if step % cfg["checkpoint_every"] == 0 or step == max_steps:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "step": step, "config": cfg},
+                       out / "checkpoints" / "last.pt")
+        if step >= max_steps:
+            break
+log.close()
