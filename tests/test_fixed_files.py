@@ -734,6 +734,62 @@ def test_new_files_hidden_by_default_xdg_excludes_file_are_caught(capsys, repo, 
     assert_caught(spml(capsys, repo), "conftest.py")
 
 
+@skip_on_windows
+def test_edit_hidden_by_a_lying_fsmonitor_is_caught(capsys, repo):
+    # core.fsmonitor names a hook that always answers "nothing changed".
+    liar = repo.path / ".git" / "liar-fsmonitor"
+    liar.write_text("#!/bin/sh\nprintf 'token\\0'\n")
+    liar.chmod(0o755)
+    repo.git("config", "core.fsmonitor", str(liar))
+    time.sleep(1.1)  # out of git's racy-timestamp window
+    repo.status()
+    repo.git("update-index", "--fsmonitor")
+    repo.status()  # records the token and marks every entry fsmonitor-valid
+    repo.append("eval/evaluate.py", "\ndef evaluate(predictions, labels):\n    return 0.0\n")
+    assert repo.status() == ""  # git was fooled
+    assert_caught(spml(capsys, repo), "eval/evaluate.py")
+
+
+def test_same_size_same_mtime_edit_hidden_by_check_stat_minimal_is_caught(capsys, repo):
+    # With checkStat=minimal and trustctime=false git compares only size and mtime seconds.
+    repo.git("config", "core.checkStat", "minimal")
+    repo.git("config", "core.trustctime", "false")
+    time.sleep(1.1)
+    repo.git("read-tree", "HEAD")
+    repo.git("update-index", "-q", "--refresh")  # fresh, non-racy stat data in git's index
+    _same_size_edit_keeping_mtime(repo.path / "train.py")
+    assert repo.status() == ""  # git was fooled
+    assert_caught(spml(capsys, repo), "train.py")
+
+
+def test_edit_hidden_by_a_replace_ref_on_the_base_commit_is_caught(capsys, repo):
+    # `git replace BASE FAKE` makes every git command read FAKE's tree (here with a widened
+    # protocol and an edited evaluator) whenever it asks for BASE.
+    repo.write(PROTOCOL, _widen(repo.read(PROTOCOL)))
+    repo.write("eval/evaluate.py", repo.read("eval/evaluate.py").replace(b"return 1.0 -", b"return 0.0 *"))
+    repo.git("add", "-A")
+    tree = repo.git("write-tree").decode().strip()
+    fake = repo.git("commit-tree", tree, "-m", "base").decode().strip()
+    repo.git("replace", repo.base, fake)
+    assert repo.status() == ""  # git was fooled
+    assert repo.git("diff", repo.base) == b""
+    assert repo.head() == repo.base
+    assert_caught(spml(capsys, repo), PROTOCOL, "eval/evaluate.py")
+    assert_caught(spml(capsys, repo, "--base", repo.base), PROTOCOL, "eval/evaluate.py")
+    assert_caught(spml(capsys, repo, "--no-cache"), PROTOCOL, "eval/evaluate.py")
+
+
+def test_edit_then_revert_hidden_by_a_replace_graft_is_caught(capsys, repo):
+    original = repo.read("eval/evaluate.py")
+    repo.write("eval/evaluate.py", original + b"\nLEAK = open('data/test.csv').read()\n")
+    repo.commit("edit eval")
+    repo.write("eval/evaluate.py", original)
+    head = repo.commit("revert eval")
+    repo.git("replace", "--graft", "HEAD", repo.base)  # git now sees one empty commit after the base
+    assert repo.git("log", "--format=%H", "--name-only", f"{repo.base}..HEAD").split() == [head]
+    assert_caught(spml(capsys, repo, "--base", repo.base), "eval/evaluate.py")
+
+
 # =========================================================================== the protocol itself
 
 
