@@ -25,7 +25,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: return, do not exit
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

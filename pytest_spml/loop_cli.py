@@ -38,7 +38,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, _unknown = parser.parse_known_args(argv)
+    try:
+        args, _unknown = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: return, do not exit
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -360,6 +360,7 @@ def test_pyc_files_outside_fixed_folders_pass(capsys, repo):
     repo.write("configs/__pycache__/hparams.cpython-311.pyc", b"\x00pyc")
     repo.write("tools/__pycache__/helper.cpython-311.pyc", b"\x00pyc")
     assert_compliant(spml(capsys, repo))
+    assert_compliant(spml(capsys, repo, "--no-cache"))
 
 
 def test_variable_only_commit_after_base_passes(capsys, repo):
@@ -540,6 +541,7 @@ def test_ignored_file_inside_fixed_folder_is_caught(capsys, repo, path):
     repo.write(path, b"\x00planted")
     assert "eval" not in repo.status() and "data" not in repo.status()  # git does not list it
     assert_caught(spml(capsys, repo), path)
+    assert_caught(spml(capsys, repo, "--no-cache"), path)
 
 
 # =========================================================================== must be CAUGHT: the index
@@ -786,7 +788,7 @@ def test_edit_then_revert_hidden_by_a_replace_graft_is_caught(capsys, repo):
     repo.write("eval/evaluate.py", original)
     head = repo.commit("revert eval")
     repo.git("replace", "--graft", "HEAD", repo.base)  # git now sees one empty commit after the base
-    assert repo.git("log", "--format=%H", "--name-only", f"{repo.base}..HEAD").split() == [head]
+    assert repo.git("log", "--format=%H", "--name-only", f"{repo.base}..HEAD").decode().split() == [head]
     assert_caught(spml(capsys, repo, "--base", repo.base), "eval/evaluate.py")
 
 

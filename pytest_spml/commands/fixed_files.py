@@ -37,10 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--protocol", metavar="PATH",
                         help="the protocol file (default: [tool.spml] protocol, else autoresearch-protocol.md at the repository root)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--base", metavar="REV", help="compare against this commit (default: HEAD)")
-    where.add_argument("--staged", action="store_true",
-                       help="judge only what the next commit would contain (the index) against HEAD")
+    parser.add_argument("--base", metavar="REV", help="compare against this commit (default: HEAD)")
+    parser.add_argument("--staged", action="store_true",
+                        help="judge only what the next commit would contain (the index), not the work tree")
     parser.add_argument("--repo", metavar="DIR", default=".", help="repository to check (default: current directory)")
     parser.add_argument("--no-cache", action="store_true", help="hash every file; ignore the stat cache in .git/spml/")
     parser.add_argument("--governed-branches-only", action="store_true",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from ..cliutil import add_output_options
@@ -32,19 +33,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="plan files to check (default: the [tool.spml] plans globs, docs/plans/*.md, "
                              "under the repository root)")
     parser.add_argument("--repo", metavar="DIR",
-                        help="repository root whose plans to find (default: the git work tree around the "
-                             "current directory, else the current directory)")
+                        help="when no PLAN is given, find plans under this repository root (default: the git "
+                             "work tree around the current directory, else the current directory)")
     add_output_options(parser)
     parser.set_defaults(run=run, tool=TOOL)
 
 
 def _description() -> str:
     rules = "\n".join(f"  {rule_id}  {name}: {doc}" for rule_id, (name, doc) in RULE_TABLE.items())
-    return (
+    intro = textwrap.fill(
         "Check experiment plans (markdown) before any implementation starts: exactly one [INTEGRATION] "
         "subtask, revision markers, and, for a plan that trains with evaluation, the evaluation contract. "
-        f"Every rule reports on every plan.\n\nrules:\n{rules}"
-    )
+        "Every rule reports on every plan.", width=100)
+    return f"{intro}\n\nrules:\n{rules}"
 
 
 def run(args: argparse.Namespace) -> Report:

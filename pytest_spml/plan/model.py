@@ -337,7 +337,7 @@ def _evaluation_section(heading: _Heading, body: tuple[Line, ...], fenced: set[i
         if current and key and key not in items:  # the first bullet for a key wins
             first = _BULLET.match(_EMPHASIS.sub("", current[0].text))
             parts = [first.group("value") if first else ""]
-            parts += [_EMPHASIS.sub("", l.text).strip().lstrip("-*+ \t") for l in current[1:]]
+            parts += [_EMPHASIS.sub("", ln.text).strip().lstrip("-*+ \t") for ln in current[1:]]
             value = " ".join(p.strip() for p in parts if p.strip())
             items[key] = EvaluationItem(key, value, current[0].number, tuple(current))
 
@@ -366,7 +366,7 @@ def _opt_out(lines: list[str], fenced: set[int], evaluation: EvaluationSection |
             return Line(number, text)
     if evaluation is not None:
         # "## Evaluation" followed by "None: this plan does not train."
-        first = next((l for l in evaluation.body if l.text.strip() and l.number not in fenced), None)
+        first = next((ln for ln in evaluation.body if ln.text.strip() and ln.number not in fenced), None)
         if first is not None and _OPT_OUT_BODY.match(_EMPHASIS.sub("", first.text)):
             return first
     return None

@@ -54,8 +54,9 @@ RULE_TABLE: dict[str, tuple[str, str]] = {
     "PG008": ("eval-shared-core", "One evaluator core is shared by both entry modes."),
     "PG009": ("eval-progress", "Evaluation progress is visible: progress bar or output, start/end messages."),
     "PG010": ("eval-mode-aware-errors", "Failures at the evaluation boundary are reported with the entry mode."),
-    "PG011": ("runtime-check-cadence", "The integration subtask checks at runtime that evaluation fires on cadence."),
-    "PG012": ("runtime-check-mode-report", "The integration subtask checks at runtime that evaluation reports its mode."),
+    "PG011": ("runtime-check-cadence", "The integration subtask has a runtime check that evaluation fires on cadence."),
+    "PG012": ("runtime-check-mode-report",
+              "The integration subtask has a runtime check that evaluation reports its mode."),
 }
 
 DEFAULT_SCOPE = "full validation"
@@ -123,7 +124,9 @@ FIRES_AT_STEPS = _re(r"\b(?:fires?|fired|firing|triggers?|triggered|runs?|ran|ha
                      r"\s+(?:at|on|after)\s+(?:global\s+|optimizer\s+)?steps?\s+\d")
 RUNTIME_CHECK = _re(r"\b(?:runtime|check\w*|verif\w*|assert\w*|confirm\w*|smoke|L1)\b")
 CADENCE = _re(r"\bcadence\b")
-ABOUT_EVALUATION = _re(r"\bcadence\b|\beval\w*|\bvalidat\w*|\bin[- ]memory\b|\bcheckpoint[- ]based\b|\bentry\s+modes?\b")
+ABOUT_EVALUATION = _re(
+    r"\bcadence\b|\beval\w*|\bvalidat\w*|\bin[- ]memory\b|\bcheckpoint[- ]based\b|\bentry\s+modes?\b"
+)
 REPORTS = _re(r"\b(?:report\w*|log|logs|logged|logging|print\w*|announc\w*|emit\w*|says?|shows?|display\w*)\b")
 BULLET_LINE = re.compile(r"^(\s*)(?:[-*+]|\d+[.)])\s+")
 NOTHING = _re(r"^\s*(?:none|n/?a|no|tbd|todo|\?+|-+)?\s*[.]?\s*$")
@@ -163,10 +166,10 @@ def _evaluation_applies(plan: Plan) -> tuple[bool, str, dict[str, Any]]:
     if plan.evaluation_opt_out is not None:
         line = plan.evaluation_opt_out.number
         return False, f"the plan opts out of evaluation with 'Evaluation: none' (line {line})", {"opt_out_line": line}
-    training = next((l for l in plan.numbered() if TRAINING.search(l.text)), None)
+    training = next((ln for ln in plan.numbered() if TRAINING.search(ln.text)), None)
     if training is None:
         return False, "the plan does not train (no 'train'/'training'/'fine-tune' anywhere)", {}
-    evaluation = next((l for l in plan.numbered() if mentions_evaluation(l.text)), None)
+    evaluation = next((ln for ln in plan.numbered() if mentions_evaluation(ln.text)), None)
     if evaluation is None:
         return False, "the plan trains but never mentions evaluation or validation", {"training_line": training.number}
     return True, "the plan trains with evaluation", {"training_line": training.number,
@@ -191,40 +194,41 @@ def _evaluation_context(plan: Plan, eval_subtask: Subtask | None) -> Iterable[Li
     numbers: set[int] = set()
     if plan.evaluation is not None:
         numbers.add(plan.evaluation.line)
-        numbers.update(l.number for l in plan.evaluation.body)
+        numbers.update(ln.number for ln in plan.evaluation.body)
     if eval_subtask is not None:
-        numbers.update(l.number for l in eval_subtask.lines())
-    numbers.update(l.number for l in plan.numbered() if mentions_evaluation(l.text))
+        numbers.update(ln.number for ln in eval_subtask.lines())
+    numbers.update(ln.number for ln in plan.numbered() if mentions_evaluation(ln.text))
     return (Line(n, plan.lines[n - 1]) for n in sorted(numbers))
 
 
 def _first(lines: Iterable[Line], *patterns: re.Pattern[str]) -> Line | None:
     """The first line that every pattern matches."""
-    return next((l for l in lines if all(p.search(l.text) for p in patterns)), None)
+    return next((ln for ln in lines if all(p.search(ln.text) for p in patterns)), None)
 
 
-def with_list_intro(lines: Iterable[Line]) -> list[Line]:
+def _with_list_intro(lines: Iterable[Line]) -> list[Line]:
     """Each list item's text prefixed with the line that introduces its list.
 
     Plans write "Runtime checks:" once and list the checks below it; a check
     in that list must still count as a runtime check.
     """
     out: list[Line] = []
-    intro: tuple[int, str] | None = None  # (indent, text) of the line ending with ":"
+    intro: tuple[int, bool, str] | None = None  # (indent, is a list item, text) of a line ending with ":"
     for line in lines:
         text = line.text.rstrip()
-        bullet = BULLET_LINE.match(text)
-        indent = len(text) - len(text.lstrip())
-        if not text:
+        if not text:  # blank lines may separate list items
             out.append(line)
             continue
-        if bullet and intro is not None and indent <= intro[0] and intro[1].lstrip()[:1] in "-*+0123456789":
-            intro = None  # a sibling of the introducing item ends its nested list
-        if not bullet and not text.endswith(":"):
-            intro = None  # a paragraph ends the list
-        out.append(Line(line.number, f"{intro[1].strip()} {text}" if bullet and intro else text))
+        is_item = BULLET_LINE.match(text) is not None
+        indent = len(text) - len(text.lstrip())
+        if intro is not None:
+            ends_nested_list = is_item and intro[1] and indent <= intro[0]  # a sibling of "- Runtime checks:"
+            ends_list = not is_item  # a paragraph
+            if ends_nested_list or ends_list:
+                intro = None
+        out.append(Line(line.number, f"{intro[2].strip()} {text}" if intro else text))
         if text.endswith(":"):
-            intro = (indent, text)
+            intro = (indent, is_item, text)
     return out
 
 
@@ -245,10 +249,10 @@ def check_single_integration(plan: Plan, facts: PlanFacts) -> CheckResult:
     """PG001: exactly one subtask heading carries [INTEGRATION]."""
     marked = plan.integrations
     stray = "".join(
-        f"; line {l.number} carries [INTEGRATION] but is not a subtask heading ('## Subtask N: name')"
-        for l in plan.stray_integration
+        f"; line {ln.number} carries [INTEGRATION] but is not a subtask heading ('## Subtask N: name')"
+        for ln in plan.stray_integration
     )
-    evidence = {"lines": [s.line for s in marked], "stray_lines": [l.number for l in plan.stray_integration]}
+    evidence = {"lines": [s.line for s in marked], "stray_lines": [ln.number for ln in plan.stray_integration]}
     if len(marked) == 1:
         only = marked[0]
         return _result("PG001", plan, Status.PASS, f"integration subtask: {only.title}{stray}", only.line, evidence)
@@ -308,7 +312,8 @@ def check_integration_reruns(plan: Plan, facts: PlanFacts) -> CheckResult:
     evidence = {"integration": integration.number, "depends_on": [s.number for s in deps],
                 "explicit_depends_on": explicit, "changed_dependencies": [s.number for s in changed],
                 "integration_marker": integration.revision}
-    how = "through its Depends on: line" if explicit else "as it has no Depends on: line, it assembles every code subtask"
+    how = ("through its Depends on: line" if explicit
+           else "as it has no Depends on: line, it assembles every code subtask")
     if integration.revision in (REVISED, NEW):
         why = (f"it depends on {', '.join(s.title for s in changed)}, which changed" if changed
                else f"the integration itself is [ ] {integration.revision.upper()}")
@@ -438,13 +443,20 @@ def check_shared_core(plan: Plan, facts: PlanFacts) -> CheckResult:
     if item is not None and not NOTHING.match(item.value):
         return _result("PG008", plan, Status.PASS, f"shared evaluator core: {item.value}", item.line,
                        _found(Line(item.line, item.value)))
-    shared = _first(facts.context, SHARED, CORE) or _first(facts.context, BOTH_MODES_USE)
+    # "- Shared core: TBD" names the item without stating it; do not let its own words count.
+    context = [ln for ln in facts.context if item is None or ln.number not in {x.number for x in item.lines}]
+    shared = _first(context, SHARED, CORE) or _first(context, BOTH_MODES_USE)
     if shared is not None:
         return _result("PG008", plan, Status.PASS, f"one evaluator core shared by both modes (line {shared.number})",
                        shared.number, _found(shared))
+    if item is not None:
+        return _result("PG008", plan, Status.FAIL,
+                       f"'{item.key}' in the ## Evaluation section is a placeholder ('{item.value}'): name the one "
+                       "evaluator core both entry modes call, e.g. '- Shared core: evaluate(model, loader)'",
+                       item.line, {"value": item.value})
     return _missing("PG008", plan, facts, "no shared evaluator core",
-                    "say that both entry modes call one evaluator core (e.g. '- Shared core: evaluate(model, loader)'), "
-                    "so checkpoint and in-training numbers cannot drift apart")
+                    "say that both entry modes call one evaluator core (e.g. '- Shared core: "
+                    "evaluate(model, loader)'), so checkpoint and in-training numbers cannot drift apart")
 
 
 def check_progress(plan: Plan, facts: PlanFacts) -> CheckResult:
@@ -486,7 +498,7 @@ def _integration_check(rule_id: str, plan: Plan, facts: PlanFacts, what: str,
         return _result(rule_id, plan, Status.SKIP, "needs exactly one [INTEGRATION] subtask (see PG001)", None)
 
     def first(lines: Iterable[Line]) -> Line | None:
-        candidates = with_list_intro(lines)
+        candidates = _with_list_intro(lines)
         found = next((hit for group in alternatives if (hit := _first(candidates, *group)) is not None), None)
         return Line(found.number, plan.lines[found.number - 1]) if found else None  # as written, without its intro
 
@@ -494,8 +506,8 @@ def _integration_check(rule_id: str, plan: Plan, facts: PlanFacts, what: str,
     if found is not None:
         return _result(rule_id, plan, Status.PASS, f"{what} in {integration.title} (line {found.number})",
                        found.number, _found(found))
-    inside = {l.number for l in integration.lines()}
-    elsewhere = first(l for l in plan.numbered() if l.number not in inside)
+    inside = {ln.number for ln in integration.lines()}
+    elsewhere = first(ln for ln in plan.numbered() if ln.number not in inside)
     hint = (f"; line {elsewhere.number} states it outside the integration subtask: move it there"
             if elsewhere else "")
     return _result(rule_id, plan, Status.FAIL,
