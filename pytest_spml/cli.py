@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Sequence
 
 from . import __version__
 from .cliutil import EXIT_USAGE, ArgumentParser, execute
-from .commands import fixed_files, init, plan_gate
+
+# command name -> module under pytest_spml.commands. Only the module of the
+# command being run is imported: the hooks start on every commit, and the
+# plan gate's rules need not load to check Fixed files.
+COMMANDS = {
+    "plan-gate": "plan_gate",
+    "fixed-files": "fixed_files",
+    "init": "init",
+}
 
 
-def build_parser() -> ArgumentParser:
+def _requested(argv: Sequence[str]) -> list[str]:
+    """The command modules to load: the one named on the command line, or all (for help)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return [COMMANDS[arg]] if arg in COMMANDS else list(COMMANDS.values())
+    return list(COMMANDS.values())
+
+
+def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser = ArgumentParser(
         prog="spml",
         description="pytest-spml gates for ML experiments. Exit codes: 0 pass, 1 a check failed, 2 bad input or usage.",
     )
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
-    plan_gate.add_parser(sub)
-    fixed_files.add_parser(sub)
-    init.add_parser(sub)
+    for module in _requested(argv):
+        importlib.import_module(f"pytest_spml.commands.{module}").add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: return, do not exit

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import InputError
-from .render import render_json, render_text, write_junit
-from .report import Report
+
+# `typing` is not imported at run time: this module loads before the hooks
+# start git, and every millisecond there is on the commit's critical path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .report import Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -39,6 +43,8 @@ def execute(tool: str, run: Callable[[argparse.Namespace], Report], args: argpar
     fmt = getattr(args, "format", "text")
     try:
         report = run(args)
+        from .render import render_json, render_text, write_junit
+
     except InputError as exc:
         sys.stderr.write(f"{tool}: error: {exc}\n")
         if fmt == "json":
@@ -56,8 +62,15 @@ def execute(tool: str, run: Callable[[argparse.Namespace], Report], args: argpar
         except OSError as exc:
             sys.stderr.write(f"{tool}: error: {args.junitxml}: cannot write JUnit XML ({exc.strerror})\n")
             return EXIT_USAGE
-    if fmt == "json":
-        render_json(report, sys.stdout)
-    else:
-        render_text(report, sys.stdout, verbose=getattr(args, "verbose", False))
+    try:
+        if fmt == "json":
+            render_json(report, sys.stdout)
+        else:
+            render_text(report, sys.stdout, verbose=getattr(args, "verbose", False))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `spml ... | head`: the reader left; the verdict still stands in the exit code
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return report.exit_code

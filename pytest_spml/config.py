@@ -6,24 +6,20 @@ conventions once for the CLI, the hooks and pytest alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
 
-try:
-    import tomllib
-except ImportError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 DEFAULT_PLAN_GLOBS = ("docs/plans/*.md",)
 
 
-@dataclass(frozen=True)
 class SpmlConfig:
-    root: Path
-    plans: tuple[str, ...] = DEFAULT_PLAN_GLOBS
-    protocol: str = "autoresearch-protocol.md"
+    """``[tool.spml]`` settings (a plain class: the hooks load it before git starts)."""
+
+    def __init__(self, root: Path, plans: tuple[str, ...] = DEFAULT_PLAN_GLOBS,
+                 protocol: str = "autoresearch-protocol.md"):
+        self.root, self.plans, self.protocol = root, plans, protocol
 
     def plan_files(self) -> list[Path]:
         found: dict[Path, None] = {}
@@ -38,6 +34,10 @@ def load_config(root: Path) -> SpmlConfig:
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file():
         return SpmlConfig(root=root)
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
     try:
         table = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}).get("spml", {})
     except tomllib.TOMLDecodeError as exc:

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from collections import namedtuple
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import InputError
 
-# Keep user configuration from changing what plumbing prints, and never let a
-# read-only check take the index lock (a concurrent `git commit` must not fail).
-_ENV_OVERRIDES = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
+# Plain classes and namedtuples, not dataclasses: this module loads before the
+# git listings start, so its import time is on every hook's critical path.
+
+# Keep user configuration from changing what plumbing prints, never let a
+# read-only check take the index lock (a concurrent `git commit` must not
+# fail), and never follow `git replace` refs: they can swap the base commit,
+# its tree or its history for a forged one.
+_ENV_OVERRIDES = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0",
+                  "GIT_NO_REPLACE_OBJECTS": "1"}
 
 
 def git_env() -> dict[str, str]:
@@ -69,12 +75,14 @@ def repo_root(start: str | Path = ".") -> Path:
     return Path(os.fsdecode(proc.stdout.strip()))
 
 
-@dataclass(frozen=True)
 class RepoInfo:
-    root: Path
-    git_dir: Path
-    objects: Path
-    object_format: str
+    """Facts about one repository; ``head`` is None before the first commit."""
+
+    __slots__ = ("root", "git_dir", "objects", "object_format", "head")
+
+    def __init__(self, root: Path, git_dir: Path, objects: Path, object_format: str, head: str | None):
+        self.root, self.git_dir, self.objects = root, git_dir, objects
+        self.object_format, self.head = object_format, head
 
 
 def repo_info(start: str | Path = ".") -> RepoInfo:
@@ -82,15 +90,19 @@ def repo_info(start: str | Path = ".") -> RepoInfo:
     start = Path(start)
     cwd = start if start.is_dir() else start.parent
     proc = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-path", "objects", "--show-object-format"],
+        ["git", "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-path", "objects", "--show-object-format",
+         "--verify", "-q", "HEAD^{commit}"],
         cwd=cwd, capture_output=True, env=git_env(),
     )
     lines = os.fsdecode(proc.stdout).splitlines()
-    if proc.returncode != 0 or len(lines) < 4:
+    # exit 1 with four lines: a repository whose HEAD has no commit yet
+    if proc.returncode not in (0, 1) or len(lines) < 4 or not lines[0]:
         raise InputError("not inside a git repository with a work tree; run this from your project's repository", start)
     root = Path(lines[0])
     objects = Path(lines[2]) if os.path.isabs(lines[2]) else cwd.resolve() / lines[2]
-    return RepoInfo(root=root, git_dir=Path(lines[1]), objects=objects.resolve(), object_format=lines[3] or "sha1")
+    head = lines[4] if proc.returncode == 0 and len(lines) > 4 else None
+    return RepoInfo(root=root, git_dir=Path(lines[1]), objects=objects.resolve(), object_format=lines[3] or "sha1",
+                    head=head)
 
 
 def git_dir(repo: str | Path) -> Path:
@@ -115,10 +127,7 @@ def object_format(repo: str | Path) -> str:
     return proc.stdout.decode().strip() or "sha1" if proc.returncode == 0 else "sha1"
 
 
-@dataclass(frozen=True)
-class TreeEntry:
-    mode: str
-    sha: str
+TreeEntry = namedtuple("TreeEntry", "mode sha")
 
 
 def parse_ls_tree(out: bytes) -> dict[str, TreeEntry]:
@@ -133,12 +142,8 @@ def parse_ls_tree(out: bytes) -> dict[str, TreeEntry]:
     return entries
 
 
-@dataclass(frozen=True)
-class IndexEntry:
-    mode: str
-    sha: str
-    stage: int
-    tag: str  # `git ls-files -v` tag: lower case = assume-unchanged, 'S' = skip-worktree
+# tag: the `git ls-files -v` tag: lower case = assume-unchanged, "S" = skip-worktree
+IndexEntry = namedtuple("IndexEntry", "mode sha stage tag")
 
 
 def parse_ls_files_stage(out: bytes, tagged: bool = True) -> dict[str, IndexEntry]:

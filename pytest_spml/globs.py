@@ -3,16 +3,17 @@
 Protocol globs use gitignore wildcard syntax (``*``, ``**``, ``?``, ``[...]``,
 a trailing ``/`` for "this folder and everything in it") but are always
 *anchored at the repository root*: ``train.py`` means the file at the top, not
-every ``train.py`` in the tree. Matching is delegated to :mod:`pathspec`, the
-library black, mypy and others use for gitignore semantics.
+every ``train.py`` in the tree. Translation to regular expressions is
+delegated to :mod:`pathspec`, the library black, mypy and others use for
+gitignore semantics.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-import pathspec
+_NEVER = "(?!)"  # a regex that matches nothing: an empty glob list
 
 
 def _anchor(pattern: str) -> str:
@@ -25,35 +26,53 @@ def _anchor(pattern: str) -> str:
     return ("!" if negate else "") + body
 
 
-class PathMatcher:
-    """Does a repository-relative POSIX path match any of a list of globs?"""
+def _clean(patterns: Iterable[str]) -> list[str]:
+    return [p.strip() for p in patterns if p and p.strip()]
 
-    def __init__(self, patterns: Iterable[str]):
-        self.patterns = [p.strip() for p in patterns if p and p.strip()]
-        self._spec = pathspec.PathSpec.from_lines("gitignore", [_anchor(p) for p in self.patterns])
-        self._match: Callable[[str], bool] = self._compile_fast_path() or self._spec.match_file
 
-    def _compile_fast_path(self) -> Callable[[str], bool] | None:
-        """One alternation regex instead of a Python loop over patterns.
+def compile_globs(patterns: Iterable[str]) -> str | None:
+    """One alternation regex for the globs, or None where order matters (negations).
 
-        A tree of 20,000 paths is matched twice per check, so this is the hot
-        loop. Only valid without negations (where pattern order matters);
-        otherwise pathspec's own ordered matching is used.
-        """
-        regexes = []
-        for pattern in self._spec.patterns:
-            if pattern.include is None:
-                continue
-            if not pattern.include or getattr(pattern, "regex", None) is None:
-                return None
-            regexes.append(f"(?:{pattern.regex.pattern})")
-        if not regexes:
-            return lambda path: False
-        try:
-            combined = re.compile("|".join(regexes))
-        except re.error:
+    The result is plain text, so a content-addressed cache can keep it and
+    later checks need not import pathspec at all.
+    """
+    import pathspec
+
+    spec = pathspec.PathSpec.from_lines("gitignore", [_anchor(p) for p in _clean(patterns)])
+    regexes = []
+    for pattern in spec.patterns:
+        if pattern.include is None:
+            continue
+        if not pattern.include or getattr(pattern, "regex", None) is None:
             return None
-        return lambda path: combined.match(path) is not None
+        regexes.append(f"(?:{pattern.regex.pattern})")
+    source = "|".join(regexes) or _NEVER
+    try:
+        re.compile(source)
+    except re.error:
+        return None
+    return source
+
+
+class PathMatcher:
+    """Does a repository-relative POSIX path match any of a list of globs?
+
+    A tree of 20,000 paths is matched twice per check, so matching is one
+    compiled alternation regex where the globs allow it (no negations), and
+    pathspec's ordered matching otherwise.
+    """
+
+    def __init__(self, patterns: Iterable[str], regex: str | None = None):
+        self.patterns = _clean(patterns)
+        self.regex = regex if regex is not None else compile_globs(self.patterns)
+        if self.regex is not None:
+            compiled = re.compile(self.regex)
+            self._match: Callable[[str], bool] = lambda path: compiled.match(path) is not None
+        else:
+            import pathspec
+
+            spec = pathspec.PathSpec.from_lines("gitignore", [_anchor(p) for p in self.patterns])
+            self._match = spec.match_file
 
     def __call__(self, path: str) -> bool:
         return self._match(path)

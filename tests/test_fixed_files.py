@@ -898,12 +898,6 @@ def test_staged_mode_catches_staged_new_file_and_allows_staged_variable_edit(cap
     assert_caught(spml(capsys, repo, "--staged"), "utils.py")
 
 
-def test_staged_and_base_together_is_a_usage_error(capsys, repo):
-    res = spml(capsys, repo, "--staged", "--base", repo.base)
-    assert res.code == 2, res.describe()
-    assert "Traceback" not in res.err
-
-
 # =========================================================================== --governed-branches-only
 
 

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
 from pathlib import Path
-
-from typing import TYPE_CHECKING
 
 from .. import gitcmd
 from ..cliutil import add_output_options
 from ..errors import InputError
-from ..report import CheckResult, Report, Status
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..fixedfiles.compliance import Compliance
+    from ..fixedfiles.compliance import Compliance, Rules
+    from ..fixedfiles.rulecache import RuleCache
     from ..protocol import Protocol
+    from ..report import Report
 
-# The protocol parser (PyYAML) and glob matcher (pathspec) are imported after
-# the git listings start, so their import time overlaps git's tree walk.
+# Everything but git plumbing is imported after the git listings start (the
+# protocol parser, the glob matcher, the report model), so that import time
+# overlaps git's walk of the tree instead of adding to it.
 
 TOOL = "spml fixed-files"
 
@@ -50,25 +50,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _protocol_at_base(root: Path, protocol_path: Path, base: str, relpath: str) -> tuple[Protocol | None, str]:
-    """The rules come from the base commit's protocol, so editing the protocol cannot widen them."""
+def _protocol_at_base(protocol_path: Path, root: Path, blob: bytes, relpath: str) -> Protocol:
+    import dataclasses
+
     from ..protocol import load_protocol
 
-    blob = gitcmd.run_git(root, ["cat-file", "-p", f"{base}:{relpath}"], check=False)
-    if not blob:
-        return None, f"{relpath} is not in the base commit; using the work-tree copy of the protocol"
     at_base = load_protocol(protocol_path, root, text=blob.decode("utf-8", errors="replace"))
-    return dataclasses.replace(at_base, relpath=relpath), ""
+    return dataclasses.replace(at_base, relpath=relpath)
 
 
-def _not_enforced(report: Report, why: str) -> Report:
+def _not_enforced(why: str) -> Report:
+    from ..report import Report
+
+    report = Report(tool=TOOL)
     report.notes.append(f"not enforced: {why}")
     report.summary.update(compliant=True, violations=[], enforced=False)
     return report
 
 
 def run(args: argparse.Namespace) -> Report:
-    from ..fixedfiles.compliance import Scan, judge
+    from ..fixedfiles.scan import Scan
 
     repo = gitcmd.repo_info(args.repo)
     root = repo.root
@@ -79,12 +80,11 @@ def run(args: argparse.Namespace) -> Report:
 
         protocol_path = root / load_config(root).protocol
     protocol_path = protocol_path if protocol_path.is_absolute() else Path.cwd() / protocol_path
-    report = Report(tool=TOOL)
     hook_mode = args.governed_branches_only and not args.base
 
     if not protocol_path.is_file():
         if hook_mode:
-            return _not_enforced(report, f"no protocol at {protocol_path}, so nothing is Fixed")
+            return _not_enforced(f"no protocol at {protocol_path}, so nothing is Fixed")
         raise InputError("protocol file not found; pass --protocol PATH or run `spml init`", protocol_path)
     try:
         relpath = protocol_path.resolve().relative_to(root.resolve()).as_posix()
@@ -99,34 +99,65 @@ def run(args: argparse.Namespace) -> Report:
         if branch is None or not fnmatch.fnmatchcase(branch, pattern):
             shown = f"branch '{branch}'" if branch else "a detached HEAD"
             return _not_enforced(
-                report, f"{shown} is not governed by the protocol (branch: '{pattern}'); "
+                f"{shown} is not governed by the protocol (branch: '{pattern}'); "
                         "Fixed files are frozen only on autoresearch branches"
             )
 
-    head = gitcmd.resolve_commit(root, "HEAD")
+    head = repo.head
     base = gitcmd.resolve_commit(root, args.base) if args.base else head
     if base is None:
         if args.base:
             raise InputError(f"unknown revision '{args.base}': give a commit, branch or tag of this repository", root)
-        return _not_enforced(report, "the repository has no commits yet; nothing to compare against")
+        return _not_enforced("the repository has no commits yet; nothing to compare against")
 
-    # Let git walk the tree while the protocol is read and parsed.
-    scan = Scan(repo, base, head, staged=args.staged, use_cache=not args.no_cache)
+    # Let git walk the tree while PyYAML and pathspec import; the rules come
+    # from the base commit's protocol, so editing the protocol cannot widen them.
+    scan = Scan(repo, base, head, staged=args.staged, use_cache=not args.no_cache, protocol_relpath=relpath)
     try:
-        protocol, note = _protocol_at_base(root, protocol_path, base, relpath)
-        if protocol is None:
-            from ..protocol import load_protocol
+        from ..fixedfiles.compliance import judge
+        from ..fixedfiles.rulecache import RuleCache
+        from ..report import Report
 
-            protocol = load_protocol(protocol_path, root)
-            report.notes.append(note)
+        cache = RuleCache(repo.git_dir / "spml" / "cache" if not args.no_cache else None)
+        report = Report(tool=TOOL)
+        blob = scan.protocol_blob()
+        if not blob:
+            report.notes.append(f"{relpath} is not in the base commit; using the work-tree copy of the protocol")
+        rules = _rules(protocol_path, root, relpath, blob, cache)
     except BaseException:
         scan.outputs()
         raise
-    _fill_report(report, judge(scan, protocol), protocol)
+    _fill_report(report, judge(scan, rules, cache), relpath)
     return report
 
 
-def _fill_report(report: Report, compliance: Compliance, protocol: Protocol) -> None:
+def _rules(protocol_path: Path, root: Path, relpath: str, blob: bytes, cache: RuleCache) -> Rules:
+    """The base commit's rules (``blob``; the work-tree copy when empty), compiled once per content."""
+    from ..fixedfiles.compliance import Rules
+    from ..fixedfiles.rulecache import content_key
+
+    key = content_key(relpath, blob) if blob else None
+    doc = cache.load("rules", key) if key else None
+    if doc is not None:
+        try:
+            return Rules.from_doc(doc)
+        except (KeyError, TypeError):
+            pass
+    if blob:
+        protocol = _protocol_at_base(protocol_path, root, blob, relpath)
+    else:
+        from ..protocol import load_protocol
+
+        protocol = load_protocol(protocol_path, root)
+    rules = Rules.from_protocol(protocol)
+    if key:
+        cache.store("rules", key, rules.to_doc())
+    return rules
+
+
+def _fill_report(report: Report, compliance: Compliance, relpath: str) -> None:
+    from ..report import CheckResult, Status
+
     for v in compliance.violations:
         if "new" in v.kinds:
             rule, name = "FF003", "no new files outside variable.files"
@@ -140,7 +171,7 @@ def _fill_report(report: Report, compliance: Compliance, protocol: Protocol) -> 
         report.results.append(CheckResult(
             "FF000", Status.PASS,
             f"only Variable paths differ from base {compliance.base[:12]} ({compliance.mode})",
-            path=protocol.relpath, name="Fixed-file compliance", evidence=dict(compliance.stats),
+            path=relpath, name="Fixed-file compliance", evidence=dict(compliance.stats),
         ))
     report.summary.update(
         compliant=compliance.compliant,
@@ -148,6 +179,6 @@ def _fill_report(report: Report, compliance: Compliance, protocol: Protocol) -> 
         base=compliance.base,
         mode=compliance.mode,
         enforced=True,
-        protocol=protocol.relpath,
+        protocol=relpath,
         stats=compliance.stats,
     )

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import gitcmd
-from .shadow import ShadowRepo
+from .rulecache import RuleCache, content_key
+from .scan import Scan
 
 if TYPE_CHECKING:
     from ..protocol import Protocol
@@ -60,12 +61,28 @@ class Compliance:
 class Rules:
     """The protocol's partition of paths, with Fixed winning over Variable."""
 
-    def __init__(self, protocol: Protocol):
+    def __init__(self, protocol_path: str, fixed_files: list[str], variable_files: list[str],
+                 fixed_regex: str | None = None, variable_regex: str | None = None):
         from ..globs import PathMatcher
 
-        self.always_fixed = {protocol.relpath}
-        self.fixed = PathMatcher(protocol.fixed_files)
-        self.variable = PathMatcher(protocol.variable_files)
+        self.protocol_path = protocol_path
+        self.always_fixed = {protocol_path}
+        self.fixed = PathMatcher(fixed_files, fixed_regex)
+        self.variable = PathMatcher(variable_files, variable_regex)
+
+    @classmethod
+    def from_protocol(cls, protocol: Protocol) -> "Rules":
+        return cls(protocol.relpath, list(protocol.fixed_files), list(protocol.variable_files))
+
+    def to_doc(self) -> dict:
+        return {"protocol_path": self.protocol_path,
+                "fixed_files": self.fixed.patterns, "fixed_regex": self.fixed.regex,
+                "variable_files": self.variable.patterns, "variable_regex": self.variable.regex}
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Rules":
+        return cls(doc["protocol_path"], doc["fixed_files"], doc["variable_files"],
+                   doc["fixed_regex"], doc["variable_regex"])
 
     def is_fixed(self, path: str) -> bool:
         return path in self.always_fixed or os.path.basename(path) == ".gitattributes" or self.fixed(path)
@@ -76,6 +93,47 @@ class Rules:
     def fixed_may_match_under(self, folder: str) -> bool:
         prefix = folder.rstrip("/") + "/"
         return self.fixed.may_match_under(folder) or any(p.startswith(prefix) for p in self.always_fixed)
+
+
+class BaseIgnoreAnswers:
+    """Is a path ignored by the base commit's ``.gitignore`` files? Answers are cached by content."""
+
+    _MAX_ANSWERS = 5000  # run outputs get new names; keep the cache bounded
+
+    def __init__(self, scan: "Scan", cache: RuleCache):
+        self._scan, self._cache = scan, cache
+        files = scan.base_gitignores()
+        self._key = content_key(*(f"{path}\0{entry.sha}" for path, entry in sorted(files.items())))
+        doc = cache.load("ignore", self._key) or {}
+        self._answers: dict[str, bool] = doc.get("answers", {}) if isinstance(doc.get("answers"), dict) else {}
+        self._files = files
+        self._rules: BaseIgnore | None = None
+        self._new = False
+
+    def __call__(self, path: str, is_dir: bool = False) -> bool:
+        key = path + "/" if is_dir else path
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._evaluate(path, is_dir)
+            self._answers[key] = answer
+            self._new = True
+        return bool(answer)
+
+    def _evaluate(self, path: str, is_dir: bool) -> bool:
+        if self._rules is None:
+            from .ignore import BaseIgnore
+
+            blobs = gitcmd.cat_blobs(self._scan.repo.root, [e.sha for e in self._files.values()])
+            self._rules = BaseIgnore({
+                os.path.dirname(p): blobs.get(e.sha, b"").decode("utf-8", errors="replace")
+                for p, e in self._files.items()
+            })
+        return self._rules.is_ignored(path, is_dir)
+
+    def save(self) -> None:
+        if self._new:
+            answers = self._answers if len(self._answers) <= self._MAX_ANSWERS else {}
+            self._cache.store("ignore", self._key, {"answers": answers})
 
 
 def _kind_name(mode: str) -> str:
@@ -146,17 +204,6 @@ def _parse_commit_paths(out: bytes) -> dict[str, str]:
     return touched
 
 
-def _base_ignore(scan: "Scan") -> BaseIgnore:
-    """Ignore rules from the base commit's ``.gitignore`` files only."""
-    from .ignore import BaseIgnore
-
-    records = scan.base_gitignores()
-    blobs = gitcmd.cat_blobs(scan.repo.root, [e.sha for e in records.values()])
-    return BaseIgnore({
-        os.path.dirname(p): blobs.get(e.sha, b"").decode("utf-8", errors="replace") for p, e in records.items()
-    })
-
-
 def _walk_files(root: Path, folder: str) -> list[str]:
     """Every non-folder path under ``folder`` (symlinks are entries, never followed)."""
     found: list[str] = []
@@ -198,57 +245,11 @@ def _hidden_by(root: Path, paths: list[str]) -> dict[str, str]:
     return hints
 
 
-class Scan:
-    """The git listings one check needs, started at once and in the background.
-
-    Starting them before the protocol is parsed lets git walk the tree while
-    Python imports and parses; :meth:`outputs` waits for all of them.
-    """
-
-    def __init__(self, repo: gitcmd.RepoInfo, base: str, head: str | None, *, staged: bool, use_cache: bool):
-        self.repo, self.base, self.head, self.staged = repo, base, head, staged
-        root = repo.root
-        self._procs = {"index": gitcmd.start_git(root, ["diff-index", "--cached", "--raw", "-z", "--no-renames", base])}
-        if head and head != base:
-            self._procs["commits"] = gitcmd.start_git(root, ["diff-tree", "-r", "--raw", "-z", "--no-renames", base, head])
-            self._procs["log"] = gitcmd.start_git(
-                root, ["log", "--no-renames", "--name-only", "-z", "--format=%x01%H", f"{base}..{head}"]
-            )
-        self._shadow: ShadowRepo | None = None
-        if not staged:
-            self._shadow = ShadowRepo(repo, fresh=not use_cache).__enter__()
-            try:
-                self._shadow.set_base(base)
-                self._procs["worktree"] = self._shadow.start([
-                    "status", "--porcelain=v2", "-z", "--untracked-files=normal", "--ignored=traditional",
-                    "--ignore-submodules=none", "--no-renames",
-                ])
-            except BaseException:
-                self._shadow.__exit__(None, None, None)
-                raise
-
-    def base_gitignores(self) -> dict[str, gitcmd.TreeEntry]:
-        """``.gitignore`` files of the base tree, without listing the whole tree."""
-        if self._shadow is not None:
-            # The shadow index *is* the base tree, and ls-files takes glob pathspecs.
-            out = self._shadow.git(["ls-files", "-s", "-z", "--", ".gitignore", ":(glob)**/.gitignore"])
-            return {p: gitcmd.TreeEntry(e.mode, e.sha) for p, e in gitcmd.parse_ls_files_stage(out, tagged=False).items()}
-        records = gitcmd.run_git(self.repo.root, ["ls-tree", "-r", "-z", "--full-tree", self.base]).split(b"\0")
-        return gitcmd.parse_ls_tree(b"\0".join(r for r in records if r.endswith((b"\t.gitignore", b"/.gitignore"))))
-
-    def outputs(self) -> dict[str, bytes]:
-        try:
-            return {name: gitcmd.finish_git(proc, self.repo.root) for name, proc in self._procs.items()}
-        finally:
-            if self._shadow is not None:
-                self._shadow.__exit__(None, None, None)
-
-
-def judge(scan: Scan, protocol: Protocol) -> Compliance:
+def judge(scan: Scan, rules: Rules, cache: RuleCache | None = None) -> Compliance:
     """Apply the protocol's rules to a finished :class:`Scan`."""
+    cache = cache or RuleCache(None)
     root, base, head = scan.repo.root, scan.base, scan.head
     out = scan.outputs()
-    rules = Rules(protocol)
     result = Compliance(base=base, mode="staged" if scan.staged else "worktree")
     reasons: dict[str, list[tuple[str, str]]] = {}
 
@@ -279,13 +280,13 @@ def judge(scan: Scan, protocol: Protocol) -> Compliance:
         if path not in net_paths and not rules.may_differ(path):
             flag(path, "committed", f"changed by commit {commit[:12]} after the base and changed back")
 
-    ignore: BaseIgnore | None = None
+    ignore: BaseIgnoreAnswers | None = None
     for entry in untracked:
         if entry.endswith("/"):
             folder = entry.rstrip("/")
             if not rules.fixed_may_match_under(folder):
-                ignore = ignore or _base_ignore(scan)
-                if ignore.is_ignored(folder, is_dir=True):
+                ignore = ignore or BaseIgnoreAnswers(scan, cache)
+                if ignore(folder, is_dir=True):
                     continue  # a whole run-output folder the base itself ignores
             candidates = _walk_files(root, folder)
         else:
@@ -294,13 +295,15 @@ def judge(scan: Scan, protocol: Protocol) -> Compliance:
             if rules.may_differ(path):
                 continue
             if not rules.is_fixed(path):
-                ignore = ignore or _base_ignore(scan)
-                if ignore.is_ignored(path):
+                ignore = ignore or BaseIgnoreAnswers(scan, cache)
+                if ignore(path):
                     continue  # checkpoints, logs: outputs the base commit ignores
                 flag(path, "new", "new untracked file")
             else:
                 flag(path, "new", "new untracked file inside a Fixed path (Fixed paths may not gain files, ignored or not)")
 
+    if ignore is not None:
+        ignore.save()
     hints = _hidden_by(root, sorted(reasons)) if reasons else {}
     for path in sorted(reasons):
         items = reasons[path]
@@ -331,5 +334,5 @@ def check_fixed_files(
     ignore or not to look at. ``head`` defaults to the current HEAD commit.
     """
     if head is None:
-        head = gitcmd.resolve_commit(repo.root, "HEAD")
-    return judge(Scan(repo, base, head, staged=staged, use_cache=use_cache), protocol)
+        head = repo.head
+    return judge(Scan(repo, base, head, staged=staged, use_cache=use_cache), Rules.from_protocol(protocol))

@@ -118,6 +118,7 @@ class ShadowRepo:
             GIT_CONFIG_NOSYSTEM="1",
             GIT_CONFIG_GLOBAL=os.devnull,
             GIT_ATTR_NOSYSTEM="1",
+            GIT_NO_REPLACE_OBJECTS="1",
             GIT_TERMINAL_PROMPT="0",
             LC_ALL="C",
         )

@@ -320,7 +320,7 @@ def check_integration_reruns(plan: Plan, facts: PlanFacts) -> CheckResult:
         return _result("PG003", plan, Status.PASS,
                        f"{integration.title} re-runs L0+L1: {why}", integration.line, evidence)
     if changed:
-        names = ", ".join(f"{s.title} is [ ] {s.revision.upper()}" for s in changed)  # type: ignore[union-attr]
+        names = ", ".join(f"{s.title} is [ ] {(s.revision or '').upper()}" for s in changed)
         them = "it" if len(changed) == 1 else "them"
         return _result("PG003", plan, Status.FAIL,
                        f"{names}, and the [INTEGRATION] {integration.title} depends on {them} ({how}), but the "
@@ -388,7 +388,8 @@ def check_step_cadence(plan: Plan, facts: PlanFacts) -> CheckResult:
                        step.number, _found(step))
     epoch = _first(facts.context, EPOCH_CADENCE)
     if epoch is not None:
-        said = EPOCH_CADENCE.search(epoch.text).group(0)  # type: ignore[union-attr]
+        match = EPOCH_CADENCE.search(epoch.text)
+        said = match.group(0) if match else "per epoch"
         return _result("PG005", plan, Status.FAIL,
                        f"evaluation cadence '{said}' is epoch-end only, which is not step-based: a long run goes "
                        "hours without an evaluation signal; state a step cadence such as 'Cadence: every 500 steps'",
