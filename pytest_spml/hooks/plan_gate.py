@@ -18,7 +18,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="spml-hook-plan-gate",
                             description="pre-commit hook: run the plan gate on the given plan files")
     configure_parser(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors: return the code, as every hook main does
+        return exc.code if isinstance(exc.code, int) else 2
     if not args.plans:
         # No plan staged: nothing to gate. Without this the command would
         # fall back to discovering every plan in the repository.
