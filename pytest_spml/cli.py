@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .cliutil import EXIT_USAGE, ArgumentParser, execute
@@ -28,12 +28,13 @@ def _requested(argv: Sequence[str]) -> list[str]:
 
 
 def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
-    parser = ArgumentParser(
+    parser_class = ArgumentParser.for_argv(argv)
+    parser = parser_class(
         prog="spml",
         description="pytest-spml gates for ML experiments. Exit codes: 0 pass, 1 a check failed, 2 bad input or usage.",
     )
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     for module in _requested(argv):
         importlib.import_module(f"pytest_spml.commands.{module}").add_parser(sub)
     return parser

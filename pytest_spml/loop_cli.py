@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .cliutil import EXIT_USAGE, ArgumentParser, add_output_options
+from .cliutil import EXIT_USAGE, ArgumentParser, add_output_options, error_document, wants_json
 
 _PLANNED = {
     "check": "one training check of a run's metrics: CONTINUE / WAIT / STOP with evidence",
@@ -21,14 +21,15 @@ _PLANNED = {
 }
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
+def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
+    parser_class = ArgumentParser.for_argv(argv)
+    parser = parser_class(
         prog="spml-loop",
         description="pytest-spml runner for training checks, the watchdog and research rounds. "
                     "Exit codes: 0 pass, 1 a check failed, 2 bad input or usage.",
     )
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     for verb, text in _PLANNED.items():
         verb_parser = sub.add_parser(verb, help=f"{text} (not yet available)", description=text, add_help=True)
         verb_parser.add_argument("rest", nargs="*", help="arguments, once the verb exists")
@@ -37,7 +38,8 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     try:
         args, _unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: return, do not exit
@@ -45,10 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    sys.stderr.write(
-        f"spml-loop {args.command}: not yet available in pytest-spml {__version__}; "
-        f"it is planned ({_PLANNED[args.command]}). See the README's roadmap.\n"
-    )
+    message = (f"not yet available in pytest-spml {__version__}; it is planned "
+               f"({_PLANNED[args.command]}); see the status table in the README")
+    sys.stderr.write(f"spml-loop {args.command}: {message}\n")
+    if wants_json(argv):
+        sys.stdout.write(error_document(f"spml-loop {args.command}", message) + "\n")
     return EXIT_USAGE
 
 

@@ -9,6 +9,7 @@ is configured.
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -26,6 +27,9 @@ MARKERS = {
     "spml_l1": "L1 runtime validation: trains the real pipeline; skipped unless --spml-l1 is given",
     "spml_integration": "the plan's [INTEGRATION] subtask test: the assembled training pipeline",
 }
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Settings:
 
 
 settings_key = pytest.StashKey[Settings]()
+gates_key = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,14 +101,24 @@ def _number(config: pytest.Config, option: str, ini: str, kind: type) -> Any:
 
 def _settings(config: pytest.Config) -> Settings:
     minutes = _number(config, "spml_l1_minutes", "spml_l1_minutes", float)
-    if minutes is not None and minutes <= 0:
-        raise pytest.UsageError(f"--spml-l1-minutes must be positive, got {minutes}")
+    if minutes is not None and not 0 < minutes < float("inf"):
+        raise pytest.UsageError(f"--spml-l1-minutes / spml_l1_minutes must be a positive number, got {minutes}")
+    steps = _number(config, "spml_l1_steps", "spml_l1_steps", int)
+    if steps is not None and steps < 1:
+        raise pytest.UsageError(f"--spml-l1-steps / spml_l1_steps must be at least 1, got {steps}")
+    peak = _number(config, "spml_peak_flops", "spml_peak_flops", float)
+    if peak is not None and not 0 < peak < float("inf"):
+        raise pytest.UsageError(f"--spml-peak-flops / spml_peak_flops must be a positive FLOP/s figure, got {peak}")
+    device = config.getoption("spml_l1_device") or str(config.getini("spml_l1_device")) or "auto"
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise pytest.UsageError(f"--spml-l1-device / spml_l1_device: {device!r} is not one of auto, cpu, cuda, "
+                                "cuda:N, mps")
     return Settings(
         l1=bool(config.getoption("spml_l1")),
         l1_minutes=minutes if minutes is not None else 5.0,
-        l1_steps=_number(config, "spml_l1_steps", "spml_l1_steps", int),
-        device=config.getoption("spml_l1_device") or str(config.getini("spml_l1_device")) or "auto",
-        peak_flops=_number(config, "spml_peak_flops", "spml_peak_flops", float),
+        l1_steps=steps,
+        device=device,
+        peak_flops=peak,
         report=config.getoption("spml_report") or (str(config.getini("spml_report")) or None),
         plans=tuple(config.getini("spml_plans")),
         protocol=str(config.getini("spml_protocol")) or None,
@@ -114,7 +129,9 @@ def _settings(config: pytest.Config) -> Settings:
 def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
-    config.stash[settings_key] = _settings(config)
+    settings = _settings(config)
+    config.stash[settings_key] = settings
+    config.stash[gates_key] = _gate_paths(config, settings)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -145,10 +162,11 @@ class GateItem(pytest.Item):
     def __init__(self, *, result: CheckResult, **kwargs: Any):
         super().__init__(**kwargs)
         self.result = result
+        if result.status is Status.SKIP:
+            # a marker, not pytest.skip() in runtest: the report then points at the plan, not at this plugin
+            self.add_marker(pytest.mark.skip(reason=result.message))
 
     def runtest(self) -> None:
-        if self.result.status is Status.SKIP:
-            pytest.skip(self.result.message)
         if self.result.status in (Status.FAIL, Status.ERROR):
             raise GateFailure(self.result)
 
@@ -159,21 +177,26 @@ class GateItem(pytest.Item):
             return format_result(excinfo.value.result)
         return super().repr_failure(excinfo, style)
 
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        line = self.result.line - 1 if self.result.line else None
+    def reportinfo(self) -> tuple[Path, int, str]:
+        line = self.result.line - 1 if self.result.line else 0  # 0-based, as pytest reports it
         return self.path, line, f"{self.result.id} {self.result.name}".strip()
 
 
 class GateFile(pytest.File):
     """A plan or protocol file gated as a collection of rule items."""
 
-    def __init__(self, *, results: list[CheckResult], **kwargs: Any):
+    def __init__(self, *, kind: str, **kwargs: Any):
         super().__init__(**kwargs)
-        self.results = results
+        self.kind = kind
 
     def collect(self) -> Iterator[GateItem]:
+        settings = self.config.stash[settings_key]
+        if self.kind == "plan":
+            results = _plan_results(self.path)
+        else:
+            results = _protocol_results(self.path, self.config.rootpath, settings.fixed_files_base)
         seen: dict[str, int] = {}
-        for result in self.results:
+        for result in results:
             name = f"{result.id}" if not result.name else f"{result.id} {result.name}"
             seen[name] = seen.get(name, 0) + 1
             if seen[name] > 1:
@@ -226,34 +249,54 @@ def _fixed_files_result(path: Path, root: Path, base: str) -> CheckResult:
                        name="Fixed-file compliance")
 
 
-def _gate_files(session: pytest.Session) -> list[GateFile]:
-    settings = session.config.stash[settings_key]
-    root = session.config.rootpath
-    files: list[GateFile] = []
-    plans: dict[Path, None] = {}
+def _gate_paths(config: pytest.Config, settings: Settings) -> dict[Path, str]:
+    """The files gated as tests: {path: "plan" | "protocol"}; bad ini values are usage errors."""
+    root = config.rootpath
+    gates: dict[Path, str] = {}
     for glob in settings.plans:
-        matched = sorted(p for p in root.glob(glob) if p.is_file())
+        if Path(glob).is_absolute() or ".." in Path(glob).parts:
+            raise pytest.UsageError(f"spml_plans: {glob!r} must be a glob relative to the rootdir ({root})")
+        try:
+            matched = sorted(p for p in root.glob(glob) if p.is_file())
+        except (ValueError, NotImplementedError) as exc:
+            raise pytest.UsageError(f"spml_plans: {glob!r} is not a valid glob ({exc})") from None
         if not matched:
             raise pytest.UsageError(f"spml_plans: no plan matches {glob!r} under {root}; fix the ini key or add the plan")
-        plans.update(dict.fromkeys(matched))
-    for plan in plans:
-        files.append(GateFile.from_parent(session, path=plan, results=_plan_results(plan)))
+        gates.update(dict.fromkeys(matched, "plan"))
     if settings.protocol:
         path = root / settings.protocol
+        if path.is_dir():
+            raise pytest.UsageError(f"spml_protocol: {path} is a directory; name the protocol file itself")
         if not path.is_file():
             raise pytest.UsageError(f"spml_protocol: {path} does not exist; fix the ini key or run `spml init`")
-        results = _protocol_results(path, root, settings.fixed_files_base)
-        files.append(GateFile.from_parent(session, path=path, results=results))
-    return files
+        gates[path] = "protocol"
+    return gates
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> GateFile | None:
+    kind = parent.config.stash[gates_key].get(file_path)
+    if kind is None:
+        return None
+    return GateFile.from_parent(parent, path=file_path, kind=kind)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    # Gate files usually live outside testpaths (docs/plans/). When pytest was
+    # not given explicit paths, add them to what it collects, so they count,
+    # select (-k) and report like any test. Explicit paths are respected:
+    # `pytest tests/test_x.py::test_y` runs just that test.
+    config = session.config
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        return
+    requested = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    for path in config.stash[gates_key]:
+        if not any(path == r or r in path.parents for r in requested):
+            config.args.append(str(path))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Gate files usually live outside testpaths (docs/plans/), so they are
-    # added here, before -k/-m deselection runs, instead of by file discovery.
-    for gate_file in _gate_files(session):
-        items.extend(gate_file.collect())
-
     settings = config.stash[settings_key]
     if settings.l1:
         reason = torch_missing_reason()

@@ -6,7 +6,6 @@ from the report itself.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -85,15 +84,10 @@ def junit_tree(report: Report) -> "ET.ElementTree":
 
 def write_junit(report: Report, path: str | Path) -> None:
     """Write JUnit XML atomically, so a killed run never leaves half a file for CI."""
-    import tempfile
+    import io
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            junit_tree(report).write(fh, encoding="utf-8", xml_declaration=True)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .fsutil import atomic_write
+
+    buffer = io.BytesIO()
+    junit_tree(report).write(buffer, encoding="utf-8", xml_declaration=True)
+    atomic_write(path, buffer.getvalue())

@@ -243,3 +243,57 @@ def test_probe_detects_a_heavy_import(tmp_path: Path) -> None:
             pass
     """, tmp_path)
     assert "'torch'" in line
+
+
+def test_explicit_test_selection_leaves_the_gates_out(pytester: pytest.Pytester) -> None:
+    _plan_project(pytester)
+    pytester.makepyfile(test_one="def test_one(): pass")
+    result = pytester.runpytest_subprocess("test_one.py::test_one")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("docs/plans/good.md", "-q")
+    assert "failed" not in result.parseoutcomes() and result.parseoutcomes()["passed"] > 5
+
+
+def test_collect_only_counts_gate_items(pytester: pytest.Pytester) -> None:
+    _plan_project(pytester)
+    result = pytester.runpytest_subprocess("--collect-only", "-q")
+    listed = [ln for ln in result.stdout.lines if "::PG" in ln]
+    assert len(listed) == 24  # 12 rules x 2 plans
+    result.stdout.fnmatch_lines(["24 tests collected*"])
+
+
+def test_skipped_gate_items_point_at_the_plan(pytester: pytest.Pytester) -> None:
+    plans = pytester.path / "docs" / "plans"
+    plans.mkdir(parents=True)
+    (plans / "no-eval.md").write_text(
+        "# Plan: tokenizer cleanup\n\n## Subtask 1: Normalise text\n\nPure code.\n\n"
+        "## Subtask 2: Wire it [INTEGRATION]\n\nAssemble the pipeline.\n"
+    )
+    pytester.makeini("[pytest]\nspml_plans = docs/plans/*.md\n")
+    result = pytester.runpytest_subprocess("-rs")
+    result.stdout.fnmatch_lines(["SKIPPED * docs/plans/no-eval.md:*"])
+    assert "plugin.py" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--spml-l1-steps", "0"], "*--spml-l1-steps / spml_l1_steps must be at least 1, got 0*"),
+    (["--spml-l1-device", "tpu"], "*'tpu' is not one of auto, cpu, cuda, cuda:N, mps*"),
+    (["--spml-l1-minutes", "-1"], "*must be a positive number, got -1.0*"),
+])
+def test_bad_settings_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize("ini, message", [
+    ("spml_plans = /tmp/*.md", "*spml_plans: '/tmp/*.md' must be a glob relative to the rootdir*"),
+    ("spml_protocol = docs", "*spml_protocol: * is a directory; name the protocol file itself*"),
+])
+def test_bad_gate_ini_values_are_usage_errors(pytester: pytest.Pytester, ini: str, message: str) -> None:
+    (pytester.path / "docs").mkdir()
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])

@@ -8,8 +8,6 @@ exactly what changed on disk.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 from .. import __version__
 from ..cliutil import add_output_options
 from ..errors import InputError
+from ..fsutil import atomic_write
 from ..report import CheckResult, Report, Status
 
 TOOL = "spml init"
@@ -65,18 +64,6 @@ def render_template(template: Template) -> str:
     return text
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> Report:
     target = Path(args.directory)
     if target.exists() and not target.is_dir():
@@ -88,13 +75,13 @@ def run(args: argparse.Namespace) -> Report:
         dest = target / template.dest
         if dest.exists() and not args.force:
             report.results.append(CheckResult(
-                "INIT", Status.SKIP, f"exists, left unchanged (pass --force to overwrite)",
+                "INIT", Status.SKIP, "exists, left unchanged (pass --force to overwrite)",
                 path=template.dest, name=template.name,
             ))
             report.notes.append(f"{template.dest} exists, left unchanged (pass --force to overwrite)")
             continue
         try:
-            _write_atomically(dest, render_template(template))
+            atomic_write(dest, render_template(template))
         except OSError as exc:
             raise InputError(f"cannot write ({exc.strerror})", dest) from None
         written.append(template.dest)

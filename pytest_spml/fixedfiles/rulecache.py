@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from .. import __version__
@@ -46,11 +44,9 @@ class RuleCache:
     def store(self, kind: str, key: str, doc: dict) -> None:
         if self.directory is None:
             return
+        from ..fsutil import atomic_write
+
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{kind}.", dir=self.directory)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(doc, fh)
-            os.replace(tmp, self.directory / f"{kind}-{key}.json")
+            atomic_write(self.directory / f"{kind}-{key}.json", json.dumps(doc))
         except OSError:
             pass  # a cache that cannot be written only costs speed

@@ -15,7 +15,8 @@ from ..commands.plan_gate import configure_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="spml-hook-plan-gate",
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = ArgumentParser.for_argv(argv)(prog="spml-hook-plan-gate",
                             description="pre-commit hook: run the plan gate on the given plan files")
     configure_parser(parser)
     try:
