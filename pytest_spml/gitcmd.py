@@ -164,6 +164,18 @@ def split_z(out: bytes) -> list[str]:
     return [decode_path(p) for p in out.split(b"\0") if p]
 
 
+def base_file(repo: str | Path, rev: str, path: str) -> bytes | None:
+    """Content of ``path`` in commit ``rev``, or None when the commit has no such file."""
+    proc = subprocess.run(["git", "cat-file", "blob", f"{rev}:{path}"], cwd=repo, capture_output=True, env=git_env())
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def tree_gitignores(repo: str | Path, rev: str) -> dict[str, TreeEntry]:
+    """The ``.gitignore`` files of commit ``rev``: {path: entry}."""
+    records = run_git(repo, ["ls-tree", "-r", "-z", "--full-tree", rev]).split(b"\0")
+    return parse_ls_tree(b"\0".join(r for r in records if r.endswith((b"\t.gitignore", b"/.gitignore"))))
+
+
 def cat_blobs(repo: str | Path, shas: Sequence[str]) -> dict[str, bytes]:
     """Read blobs with one ``git cat-file --batch`` process."""
     if not shas:

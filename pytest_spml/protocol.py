@@ -8,6 +8,7 @@ person can act on.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,25 @@ _DIRECTIONS = {"maximize": "maximize", "max": "maximize", "higher": "maximize",
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?)?\s*$", re.I)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
+# Every field the protocol may hold. Unknown keys are refused, naming their
+# line: a typo such as `brnach:` must not silently fall back to a default.
+KNOWN_FIELDS: dict[tuple[str, ...], tuple[str, ...]] = {
+    (): ("research_question", "target", "baseline", "max_rounds", "fixed", "variable", "train", "eval",
+         "branch", "min_delta"),
+    ("fixed",): ("files", "time_limit", "epoch_limit"),
+    ("variable",): ("files", "range"),
+    ("train",): ("command",),
+    ("eval",): ("command", "metric", "direction"),
+}
+
 
 @dataclass(frozen=True)
 class Protocol:
     path: Path
     relpath: str  # protocol path relative to the repository root, POSIX
     research_question: str
-    target: float | str | None
-    baseline: float | str
+    target: float | None
+    baseline: float
     max_rounds: int
     fixed_files: tuple[str, ...]
     time_limit_s: float
@@ -120,15 +132,27 @@ class _Fields:
                 )
         return tuple(v.strip() for v in value)
 
-    def number_or_text(self, *keys: str, required: bool = True) -> float | str | None:
+    def number(self, *keys: str, required: bool = True) -> float | None:
         value = self.get(*keys, required=required)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise self._fail(keys, f"must be a number or a short text, got {value!r}")
-        if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
-            return None if not required else value
-        return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            hint = " or null" if not required else ""
+            raise self._fail(keys, f"must be a finite number{hint}, got {value!r}")
+        return float(value)
+
+    def check_known(self) -> None:
+        for prefix, allowed in KNOWN_FIELDS.items():
+            table = self.fm.data if not prefix else self.fm.data.get(prefix[0])
+            if not isinstance(table, dict):
+                continue
+            for key in table:
+                if key not in allowed:
+                    where = f"under '{prefix[0]}' " if prefix else ""
+                    raise InputError(
+                        f"unknown protocol field '{'.'.join((*prefix, str(key)))}' {where}(known: {', '.join(allowed)})",
+                        self.path, self.fm.line_of(*prefix, str(key)),
+                    )
 
 
 def load_protocol(path: str | Path, repo_root: str | Path | None = None, text: str | None = None) -> Protocol:
@@ -140,13 +164,14 @@ def load_protocol(path: str | Path, repo_root: str | Path | None = None, text: s
     path = Path(path)
     fm = read_front_matter(path, text)
     f = _Fields(fm, path)
+    f.check_known()
 
     max_rounds = f.get("max_rounds")
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
         raise f._fail(("max_rounds",), f"must be a whole number of rounds >= 1, got {max_rounds!r}")
 
     time_limit = parse_duration(f.get("fixed", "time_limit"))
-    if time_limit is None or time_limit <= 0:
+    if time_limit is None or not 0 < time_limit < math.inf:
         raise f._fail(("fixed", "time_limit"),
                       f"must be a positive duration such as 300, '5m' or '1h', got {f.get('fixed', 'time_limit')!r}")
 
@@ -159,8 +184,8 @@ def load_protocol(path: str | Path, repo_root: str | Path | None = None, text: s
     if direction is None:
         raise f._fail(("eval", "direction"), f"must be 'maximize' or 'minimize', got {direction_raw!r}")
 
-    min_delta = f.get("min_delta", required=False) or 0.0
-    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
+    min_delta = f.number("min_delta", required=False) or 0.0
+    if min_delta < 0:
         raise f._fail(("min_delta",), f"must be a number >= 0, got {min_delta!r}")
 
     branch = f.get("branch", required=False) or DEFAULT_BRANCH
@@ -177,8 +202,8 @@ def load_protocol(path: str | Path, repo_root: str | Path | None = None, text: s
         path=path,
         relpath=relpath,
         research_question=f.text("research_question"),
-        target=f.number_or_text("target", required=False),
-        baseline=f.number_or_text("baseline"),  # type: ignore[arg-type]
+        target=f.number("target", required=False),
+        baseline=f.number("baseline"),  # type: ignore[arg-type]
         max_rounds=max_rounds,
         fixed_files=f.globs("fixed", "files"),
         time_limit_s=time_limit,

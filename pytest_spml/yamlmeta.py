@@ -34,17 +34,32 @@ class FrontMatter:
         return self.start_line
 
 
-def _index_lines(node: yaml.Node, prefix: tuple[str, ...], offset: int, out: dict) -> None:
+def _index_lines(node: yaml.Node, prefix: tuple[str, ...], offset: int, out: dict, path: Path) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*prefix, str(key_node.value))
+            if key in out:
+                # YAML keeps the last of two equal keys silently; a protocol must not
+                raise InputError(
+                    f"field '{'.'.join(key)}' appears twice (first on line {out[key]}); keep one",
+                    path, key_node.start_mark.line + offset,
+                )
             out[key] = key_node.start_mark.line + offset
-            _index_lines(value_node, key, offset, out)
+            _index_lines(value_node, key, offset, out, path)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             key = (*prefix, str(i))
             out[key] = item.start_mark.line + offset
-            _index_lines(item, key, offset, out)
+            _index_lines(item, key, offset, out, path)
+
+
+def decode_utf8(data: bytes, path: Path) -> str:
+    """Strict UTF-8 decoding whose error names the line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text ({exc.reason}); save the file as UTF-8", path, line) from None
 
 
 def read_front_matter(path: Path, text: str | None = None) -> FrontMatter:
@@ -55,7 +70,11 @@ def read_front_matter(path: Path, text: str | None = None) -> FrontMatter:
         except FileNotFoundError:
             raise InputError("file not found", path) from None
         except UnicodeDecodeError as exc:
-            raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise InputError(f"not UTF-8 text ({exc.reason}); save the file as UTF-8", path, line) from None
+        except IsADirectoryError:
+            raise InputError("is a directory; name the file itself", path) from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not content
     lines = text.splitlines()
     if not lines or lines[0].strip() != "---":
         raise InputError(
@@ -82,5 +101,5 @@ def read_front_matter(path: Path, text: str | None = None) -> FrontMatter:
         raise InputError("front matter must be a mapping of fields (key: value)", path, 2)
     index: dict[tuple[str, ...], int] = {}
     if node is not None:
-        _index_lines(node, (), offset, index)
+        _index_lines(node, (), offset, index, path)
     return FrontMatter(data=data, lines=index, start_line=1, body_start_line=end + 2)

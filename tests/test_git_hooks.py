@@ -101,6 +101,16 @@ def test_hookspath_shim_runs_the_plan_gate_on_staged_plans(tmp_path: Path) -> No
     assert "PG001" in refused.stdout + refused.stderr
 
 
+def test_hookspath_shim_passes_bad_input_on_as_exit_2(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    git(project, "config", "core.hooksPath", str(REPO_ROOT / "hooks"))
+    (project / "docs" / "plans" / "new plan.md").write_bytes(b"# Plan\n\xff\xfe not utf-8\n")
+    git(project, "add", "-A")
+    proc = subprocess.run([str(REPO_ROOT / "hooks" / "pre-commit")], cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "docs/plans/new plan.md:2: plan is not UTF-8" in proc.stderr
+
+
 def test_hookspath_shim_explains_missing_spml(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
     git(project, "config", "core.hooksPath", str(REPO_ROOT / "hooks"))

@@ -55,16 +55,18 @@ def _protocol_at_base(protocol_path: Path, root: Path, blob: bytes, relpath: str
 
     from ..protocol import load_protocol
 
-    at_base = load_protocol(protocol_path, root, text=blob.decode("utf-8", errors="replace"))
+    from ..yamlmeta import decode_utf8
+
+    at_base = load_protocol(protocol_path, root, text=decode_utf8(blob, protocol_path))
     return dataclasses.replace(at_base, relpath=relpath)
 
 
-def _not_enforced(why: str) -> Report:
+def _not_enforced(why: str, mode: str, protocol: str | None = None) -> Report:
     from ..report import Report
 
     report = Report(tool=TOOL)
     report.notes.append(f"not enforced: {why}")
-    report.summary.update(compliant=True, violations=[], enforced=False)
+    report.summary.update(compliant=True, violations=[], base=None, mode=mode, enforced=False, protocol=protocol)
     return report
 
 
@@ -81,10 +83,13 @@ def run(args: argparse.Namespace) -> Report:
         protocol_path = root / load_config(root).protocol
     protocol_path = protocol_path if protocol_path.is_absolute() else Path.cwd() / protocol_path
     hook_mode = args.governed_branches_only and not args.base
+    mode = "staged" if args.staged else "worktree"
 
+    if protocol_path.is_dir():
+        raise InputError("is a directory; pass the protocol file itself with --protocol PATH", protocol_path)
     if not protocol_path.is_file():
         if hook_mode:
-            return _not_enforced(f"no protocol at {protocol_path}, so nothing is Fixed")
+            return _not_enforced(f"no protocol at {protocol_path}, so nothing is Fixed", mode)
         raise InputError("protocol file not found; pass --protocol PATH or run `spml init`", protocol_path)
     try:
         relpath = protocol_path.resolve().relative_to(root.resolve()).as_posix()
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> Report:
             shown = f"branch '{branch}'" if branch else "a detached HEAD"
             return _not_enforced(
                 f"{shown} is not governed by the protocol (branch: '{pattern}'); "
-                        "Fixed files are frozen only on autoresearch branches"
+                f"Fixed files are frozen only on branches matching '{pattern}'", mode, relpath
             )
 
     head = repo.head
@@ -108,11 +113,11 @@ def run(args: argparse.Namespace) -> Report:
     if base is None:
         if args.base:
             raise InputError(f"unknown revision '{args.base}': give a commit, branch or tag of this repository", root)
-        return _not_enforced("the repository has no commits yet; nothing to compare against")
+        return _not_enforced("the repository has no commits yet; nothing to compare against", mode, relpath)
 
     # Let git walk the tree while PyYAML and pathspec import; the rules come
     # from the base commit's protocol, so editing the protocol cannot widen them.
-    scan = Scan(repo, base, head, staged=args.staged, use_cache=not args.no_cache, protocol_relpath=relpath)
+    scan = Scan(repo, base, head, staged=args.staged, use_cache=not args.no_cache)
     try:
         from ..fixedfiles.compliance import judge
         from ..fixedfiles.rulecache import RuleCache
@@ -120,10 +125,7 @@ def run(args: argparse.Namespace) -> Report:
 
         cache = RuleCache(repo.git_dir / "spml" / "cache" if not args.no_cache else None)
         report = Report(tool=TOOL)
-        blob = scan.protocol_blob()
-        if not blob:
-            report.notes.append(f"{relpath} is not in the base commit; using the work-tree copy of the protocol")
-        rules = _rules(protocol_path, root, relpath, blob, cache)
+        rules = _rules(protocol_path, root, relpath, base, cache, report)
     except BaseException:
         scan.outputs()
         raise
@@ -131,27 +133,26 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def _rules(protocol_path: Path, root: Path, relpath: str, blob: bytes, cache: RuleCache) -> Rules:
-    """The base commit's rules (``blob``; the work-tree copy when empty), compiled once per content."""
+def _rules(protocol_path: Path, root: Path, relpath: str, base: str, cache: RuleCache, report: Report) -> Rules:
+    """The base commit's rules, compiled once per base commit (the work-tree copy when the base lacks one)."""
     from ..fixedfiles.compliance import Rules
     from ..fixedfiles.rulecache import content_key
 
-    key = content_key(relpath, blob) if blob else None
-    doc = cache.load("rules", key) if key else None
+    key = content_key("rules", base, relpath)
+    doc = cache.load("rules", key)
     if doc is not None:
         try:
             return Rules.from_doc(doc)
         except (KeyError, TypeError):
             pass
-    if blob:
-        protocol = _protocol_at_base(protocol_path, root, blob, relpath)
-    else:
+    blob = gitcmd.base_file(root, base, relpath)
+    if blob is None:
         from ..protocol import load_protocol
 
-        protocol = load_protocol(protocol_path, root)
-    rules = Rules.from_protocol(protocol)
-    if key:
-        cache.store("rules", key, rules.to_doc())
+        report.notes.append(f"{relpath} is not in the base commit; using the work-tree copy of the protocol")
+        return Rules.from_protocol(load_protocol(protocol_path, root))
+    rules = Rules.from_protocol(_protocol_at_base(protocol_path, root, blob, relpath))
+    cache.store("rules", key, rules.to_doc())
     return rules
 
 

@@ -102,11 +102,11 @@ class BaseIgnoreAnswers:
 
     def __init__(self, scan: "Scan", cache: RuleCache):
         self._scan, self._cache = scan, cache
-        files = scan.base_gitignores()
-        self._key = content_key(*(f"{path}\0{entry.sha}" for path, entry in sorted(files.items())))
+        # The base's .gitignore files are a function of the base commit, so the
+        # commit names the answers; they are read from git only on a miss.
+        self._key = content_key("ignore", scan.base)
         doc = cache.load("ignore", self._key) or {}
         self._answers: dict[str, bool] = doc.get("answers", {}) if isinstance(doc.get("answers"), dict) else {}
-        self._files = files
         self._rules: BaseIgnore | None = None
         self._new = False
 
@@ -123,10 +123,10 @@ class BaseIgnoreAnswers:
         if self._rules is None:
             from .ignore import BaseIgnore
 
-            blobs = gitcmd.cat_blobs(self._scan.repo.root, [e.sha for e in self._files.values()])
+            files = gitcmd.tree_gitignores(self._scan.repo.root, self._scan.base)
+            blobs = gitcmd.cat_blobs(self._scan.repo.root, [e.sha for e in files.values()])
             self._rules = BaseIgnore({
-                os.path.dirname(p): blobs.get(e.sha, b"").decode("utf-8", errors="replace")
-                for p, e in self._files.items()
+                os.path.dirname(p): blobs.get(e.sha, b"").decode("utf-8", errors="replace") for p, e in files.items()
             })
         return self._rules.is_ignored(path, is_dir)
 
@@ -171,22 +171,15 @@ def _parse_raw_diff(out: bytes) -> list[tuple[str, str, str, str]]:
     return entries
 
 
-def _parse_status_v2(out: bytes) -> tuple[list[tuple[str, str, str, str]], list[str]]:
-    """Shadow ``git status --porcelain=v2 -z`` -> (work-tree changes, untracked entries)."""
+def _parse_status_v2(out: bytes) -> list[tuple[str, str, str, str]]:
+    """Shadow ``git status --porcelain=v2 -z`` -> [(status, base mode, work-tree mode, path)]."""
     changes: list[tuple[str, str, str, str]] = []
-    untracked: list[str] = []
     for record in out.split(b"\0"):
-        if not record:
-            continue
-        tag = record[:1]
-        if tag in (b"?", b"!"):
-            untracked.append(gitcmd.decode_path(record[2:]))
-        elif tag == b"1":
+        if record[:2] == b"1 ":
             # 1 XY sub mH mI mW hH hI path; the shadow index equals the base tree
             parts = record.split(b" ", 8)
-            xy = parts[1].decode()
-            changes.append((xy[1], parts[4].decode(), parts[5].decode(), gitcmd.decode_path(parts[8])))
-    return changes, untracked
+            changes.append((parts[1].decode()[1], parts[4].decode(), parts[5].decode(), gitcmd.decode_path(parts[8])))
+    return changes
 
 
 def _parse_commit_paths(out: bytes) -> dict[str, str]:
@@ -256,7 +249,8 @@ def judge(scan: Scan, rules: Rules, cache: RuleCache | None = None) -> Complianc
     def flag(path: str, kind: str, text: str) -> None:
         reasons.setdefault(path, []).append((kind, text))
 
-    changes, untracked = _parse_status_v2(out.get("worktree", b""))
+    changes = _parse_status_v2(out.get("worktree", b""))
+    untracked = gitcmd.split_z(out.get("untracked", b""))
     for status_letter, old_mode, new_mode, path in changes:
         if not rules.may_differ(path):
             flag(path, *_describe(status_letter, old_mode, new_mode, "in the work tree"))
@@ -292,15 +286,19 @@ def judge(scan: Scan, rules: Rules, cache: RuleCache | None = None) -> Complianc
         else:
             candidates = [entry]
         for path in candidates:
-            if rules.may_differ(path):
-                continue
+            if rules.may_differ(path) or any(kind == "new" for kind, _ in reasons.get(path, ())):
+                continue  # allowed, or already reported as new in the index
             if not rules.is_fixed(path):
                 ignore = ignore or BaseIgnoreAnswers(scan, cache)
                 if ignore(path):
                     continue  # checkpoints, logs: outputs the base commit ignores
-                flag(path, "new", "new untracked file")
+                flag(path, "new", "new file in the work tree (a run output? ignore it in the base commit's .gitignore)")
+            elif "/__pycache__/" in f"/{path}":
+                flag(path, "new", "new bytecode inside a Fixed path: Python could load it instead of the Fixed source; "
+                                  "delete it and run with PYTHONPYCACHEPREFIX or PYTHONDONTWRITEBYTECODE=1")
             else:
-                flag(path, "new", "new untracked file inside a Fixed path (Fixed paths may not gain files, ignored or not)")
+                flag(path, "new", "new file in the work tree inside a Fixed path (Fixed paths may not gain files, "
+                                  "ignored or not)")
 
     if ignore is not None:
         ignore.save()
@@ -312,6 +310,8 @@ def judge(scan: Scan, rules: Rules, cache: RuleCache | None = None) -> Complianc
         text = "; ".join(dict.fromkeys(t for _, t in items))
         if path in hints:
             text += f" ({hints[path]})"
+        if path == rules.protocol_path and "new" in kinds:
+            text += "; commit the protocol on the base branch before the rounds start"
         text += " [Fixed]" if fixed else " [not in variable.files]"
         result.violations.append(Violation(path, text, kinds, fixed))
     result.stats["untracked_entries"] = len(untracked)

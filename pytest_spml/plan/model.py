@@ -140,7 +140,9 @@ def read_plan_text(path: Path, shown: str | Path | None = None) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"plan is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8", shown) from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"plan is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8", shown,
+                         line) from None
 
 
 # --- parsing -----------------------------------------------------------------
