@@ -31,13 +31,13 @@ class SpmlConfig:
         return list(found)
 
 
-def _line_of(text: str, key: str) -> int | None:
-    """Line of ``key = ...`` inside the ``[tool.spml]`` table, for error messages."""
+def _line_of(text: str, key: str, table: str = "tool.spml") -> int | None:
+    """Line of ``key = ...`` inside ``[table]``, for error messages."""
     in_table = False
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if stripped.startswith("["):
-            in_table = stripped.replace(" ", "") == "[tool.spml]"
+            in_table = stripped.replace(" ", "") == f"[{table}]"
         elif in_table and re.match(rf"{re.escape(key)}\s*=", stripped):
             return number
     return None
@@ -74,7 +74,7 @@ def load_config(root: Path) -> SpmlConfig:
     table = tool.get("spml", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):
         raise InputError("[tool.spml] must be a table (a [tool.spml] section with key = value lines)", pyproject,
-                         _line_of(text, "spml"))
+                         _line_of(text, "spml", table="tool"))
     plans = table.get("plans", list(DEFAULT_PLAN_GLOBS))
     if isinstance(plans, str):
         plans = [plans]

@@ -97,3 +97,34 @@ def test_version() -> None:
 def test_module_entry_points_match_console_scripts() -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest_spml.cli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "pytest-spml" in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan-gate", "--format", "json", "--bogus"],
+    ["fixed-files", "--format=json", "--base"],
+    ["init", "--format", "json", "--only", "nope"],
+])
+def test_usage_errors_in_json_mode_print_one_document(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["error"]["message"]
+    assert err.count("\n") == 1 and "--help" in err
+
+
+def test_hook_usage_error_in_json_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_spml.hooks import fixed_files, plan_gate
+
+    for main in (fixed_files.main, plan_gate.main):
+        assert main(["--format", "json", "--bogus"]) == 2
+        assert json.loads(capsys.readouterr().out)["ok"] is False
+
+
+def test_input_error_still_writes_junit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "reports" / "gate.xml"
+    assert cli.main(["plan-gate", str(tmp_path / "missing.md"), "--junitxml", str(report)]) == 2
+    case = ET.parse(report).getroot().find("testsuite/testcase")
+    assert case is not None and case.get("name") == "INPUT input readable"
+    error = case.find("error")
+    assert error is not None and "plan file not found" in (error.get("message") or "")
+    assert oct(report.stat().st_mode & 0o777) != oct(0o600), "reports must be readable by other CI users"

@@ -211,7 +211,7 @@ def spml_subprocess(cwd: Path, *args: str, script: bool = False) -> Result:
     if script:
         exe = Path(sys.executable).with_name("spml.exe" if os.name == "nt" else "spml")
         if not exe.exists():
-            pytest.skip(f"no spml console script next to {sys.executable}")
+            pytest.fail(f"no spml console script next to {sys.executable}: install the package (pip install -e .)")
         cmd = [str(exe)]
     else:
         cmd = [sys.executable, "-m", "pytest_spml.cli"]
@@ -1232,3 +1232,35 @@ def test_cache_is_not_fooled_by_a_file_swapped_in_with_the_same_stat(capsys, rep
     os.utime(swapped, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(swapped, target)
     assert_caught(spml(capsys, repo), "eval/evaluate.py")
+
+
+# --- messages that tell the user what to do ------------------------------------------
+
+
+def test_first_protocol_commit_on_a_round_branch_says_what_to_do(tmp_path, capsys, monkeypatch):
+    files = {k: v for k, v in BASE_FILES.items() if k != PROTOCOL}
+    repo = make_repo(tmp_path / "proj", files=files)
+    monkeypatch.chdir(repo.path)
+    repo.write(PROTOCOL, BASE_FILES[PROTOCOL])
+    repo.git("add", PROTOCOL)
+    res = spml(capsys, repo, "--staged")
+    assert res.code == 1, res.describe()
+    (violation,) = res.doc["violations"]
+    assert violation["path"] == PROTOCOL
+    assert "commit the protocol on the base branch before the rounds start" in violation["reason"]
+
+
+def test_renamed_fixed_file_reads_as_one_new_file(repo, capsys):
+    repo.git("mv", "train.py", "train2.py")
+    res = spml(capsys, repo)
+    reasons = {v["path"]: v["reason"] for v in res.doc["violations"]}
+    assert set(reasons) == {"train.py", "train2.py"}
+    assert "untracked" not in reasons["train2.py"] and "work tree" not in reasons["train2.py"]
+
+
+def test_bytecode_in_a_fixed_folder_explains_the_risk(repo, capsys):
+    repo.write("eval/__pycache__/evaluate.cpython-311.pyc", b"\x00" * 16)
+    res = spml(capsys, repo)
+    (violation,) = res.doc["violations"]
+    assert "Python could load it instead of the Fixed source" in violation["reason"]
+    assert "PYTHONPYCACHEPREFIX" in violation["reason"]
