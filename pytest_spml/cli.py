@@ -16,6 +16,7 @@ COMMANDS = {
     "plan-gate": "plan_gate",
     "fixed-files": "fixed_files",
     "init": "init",
+    "l0": "l0",
 }
 
 

@@ -76,7 +76,7 @@ def execute(tool: str, run: Callable[[argparse.Namespace], Report], args: argpar
     junit = getattr(args, "junitxml", None)
     try:
         report = run(args)
-        from .render import render_json, render_text, write_junit
+        from .render import render, write_junit
 
         if junit:
             try:
@@ -85,7 +85,7 @@ def execute(tool: str, run: Callable[[argparse.Namespace], Report], args: argpar
                 raise InputError(f"cannot write JUnit XML ({exc.strerror})", junit) from None
     except InputError as exc:
         sys.stderr.write(f"{tool}: error: {exc}\n")
-        if fmt == "json":
+        if fmt != "text":
             sys.stdout.write(error_document(tool, exc.message, exc.path, exc.line) + "\n")
         if junit and exc.path != junit:
             # CI publishes the JUnit file: an input error must show up there too
@@ -100,10 +100,7 @@ def execute(tool: str, run: Callable[[argparse.Namespace], Report], args: argpar
         sys.stderr.write(f"{tool}: interrupted\n")
         return 130
     try:
-        if fmt == "json":
-            render_json(report, sys.stdout)
-        else:
-            render_text(report, sys.stdout, verbose=getattr(args, "verbose", False))
+        render(report, fmt, sys.stdout, verbose=getattr(args, "verbose", False))
         sys.stdout.flush()
     except BrokenPipeError:
         # `spml ... | head`: the reader left; the verdict still stands in the exit code

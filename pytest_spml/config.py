@@ -51,10 +51,8 @@ def _check_glob(glob: object, pyproject: Path, line: int | None) -> str:
     return glob
 
 
-def load_config(root: Path) -> SpmlConfig:
-    pyproject = root / "pyproject.toml"
-    if not pyproject.is_file():
-        return SpmlConfig(root=root)
+def read_pyproject_tool(pyproject: Path) -> tuple[dict, str]:
+    """(the ``[tool]`` table, the file's text); unreadable or invalid files are :class:`InputError`."""
     try:
         import tomllib
     except ImportError:  # pragma: no cover - Python 3.10
@@ -71,7 +69,15 @@ def load_config(root: Path) -> SpmlConfig:
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"at line (\d+)", str(exc))
         raise InputError(f"invalid TOML: {exc}", pyproject, int(match.group(1)) if match else None) from None
-    table = tool.get("spml", {}) if isinstance(tool, dict) else {}
+    return (tool if isinstance(tool, dict) else {}), text
+
+
+def load_config(root: Path) -> SpmlConfig:
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        return SpmlConfig(root=root)
+    tool, text = read_pyproject_tool(pyproject)
+    table = tool.get("spml", {})
     if not isinstance(table, dict):
         raise InputError("[tool.spml] must be a table (a [tool.spml] section with key = value lines)", pyproject,
                          _line_of(text, "spml", table="tool"))

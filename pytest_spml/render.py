@@ -25,17 +25,37 @@ def format_result(result: CheckResult) -> str:
     return f"{head}{result.id} {result.message}"
 
 
+def render(report: Report, fmt: str, stream: TextIO, verbose: bool = False) -> None:
+    """Render in ``fmt``: text, json, or a format the command added to ``report.documents``."""
+    if fmt == "text":
+        render_text(report, stream, verbose)
+    elif fmt == "json":
+        render_json(report, stream)
+    else:
+        import json
+
+        json.dump(report.documents[fmt], stream, indent=2)
+        stream.write("\n")
+
+
 def render_text(report: Report, stream: TextIO, verbose: bool = False) -> None:
+    if report.text is not None:
+        stream.write(report.text)
+        return
     for note in report.notes:
         stream.write(f"{report.tool}: {note}\n")
     for result in report.results:
-        if result.status in (Status.FAIL, Status.ERROR) or verbose:
-            prefix = "" if result.status in (Status.FAIL, Status.ERROR) else f"[{result.status.value}] "
+        if result.is_failure or verbose:
+            prefix = "" if result.is_failure else f"[{result.status.value}] "
             stream.write(prefix + format_result(result) + "\n")
     counts = report.counts()
+    advisory = len(report.advisories)
+    counts["fail"] -= advisory
     parts = [f"{counts[s.value]} {label}" for s, label in
              ((Status.FAIL, "failed"), (Status.ERROR, "errors"), (Status.PASS, "passed"), (Status.SKIP, "skipped"))
              if counts[s.value]]
+    if advisory:
+        parts.insert(2, f"{advisory} advisory")
     verdict = "ok" if report.ok else "FAILED"
     stream.write(f"{report.tool}: {verdict} ({', '.join(parts) or 'nothing checked'})\n")
 
@@ -56,7 +76,7 @@ def junit_tree(report: Report) -> "ET.ElementTree":
         "testsuite",
         name=report.tool,
         tests=str(len(report.results)),
-        failures=str(counts["fail"]),
+        failures=str(counts["fail"] - len(report.advisories)),
         errors=str(counts["error"]),
         skipped=str(counts["skip"]),
     )
@@ -72,7 +92,9 @@ def junit_tree(report: Report) -> "ET.ElementTree":
         if result.line:
             case.set("line", str(result.line))
         tag = {Status.FAIL: "failure", Status.ERROR: "error", Status.SKIP: "skipped"}.get(result.status)
-        if tag:
+        if result.is_failure and not result.blocking:
+            ET.SubElement(case, "system-out").text = "advisory: " + format_result(result)
+        elif tag:
             ET.SubElement(case, tag, message=result.message).text = format_result(result)
         elif result.message:
             ET.SubElement(case, "system-out").text = result.message

@@ -30,12 +30,21 @@ class CheckResult:
     line: int | None = None
     name: str = ""
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    col: int | None = None
+    # An advisory finding fails its check but not the command (exit 0).
+    blocking: bool = True
 
     @property
     def location(self) -> str:
         if self.path is None:
             return ""
-        return f"{self.path}:{self.line}" if self.line else self.path
+        if not self.line:
+            return self.path
+        return f"{self.path}:{self.line}:{self.col}" if self.col else f"{self.path}:{self.line}"
+
+    @property
+    def is_failure(self) -> bool:
+        return self.status in (Status.FAIL, Status.ERROR)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +54,8 @@ class CheckResult:
             "message": self.message,
             "path": self.path,
             "line": self.line,
+            "col": self.col,
+            "blocking": self.blocking,
             "evidence": dict(self.evidence),
         }
 
@@ -63,13 +74,22 @@ class Report:
     results: list[CheckResult] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Commands whose text output is not a list of checks (``--explain``) set it here.
+    text: str | None = None
+    # Extra machine formats a command offers beyond text and json: {format: document}.
+    documents: dict[str, Any] = field(default_factory=dict)
 
     def extend(self, results: Iterable[CheckResult]) -> None:
         self.results.extend(results)
 
     @property
     def failed(self) -> list[CheckResult]:
-        return [r for r in self.results if r.status in (Status.FAIL, Status.ERROR)]
+        """Failures that decide the exit code (advisory findings do not)."""
+        return [r for r in self.results if r.is_failure and r.blocking]
+
+    @property
+    def advisories(self) -> list[CheckResult]:
+        return [r for r in self.results if r.is_failure and not r.blocking]
 
     @property
     def ok(self) -> bool:

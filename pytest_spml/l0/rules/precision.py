@@ -1,0 +1,1 @@
+"""L0 rules: precision."""
