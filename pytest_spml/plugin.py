@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .protocol import Protocol
 
 MARKERS = {
-    "spml_l0": "L0 static check of training code (runs on every pytest run; seconds)",
+    "spml_l0": "spml_l0(*paths): L0 static checks of the given training files before the test; error findings fail it",
     "spml_l1": "L1 runtime validation: trains the real pipeline; skipped unless --spml-l1 is given",
     "spml_integration": "the plan's [INTEGRATION] subtask test: the assembled training pipeline",
 }
@@ -44,12 +44,13 @@ class Settings:
     report: str | None
     plans: tuple[str, ...]
     protocol: str | None
+    l0: tuple[str, ...]
     fixed_files_base: str | None
 
     def header(self) -> str:
         l1 = (f"L1 on (budget {self.l1_minutes:g} min" + (f", {self.l1_steps} steps" if self.l1_steps else "")
               + f", device {self.device})") if self.l1 else "L1 off (enable with --spml-l1)"
-        gates = ", ".join([*self.plans, *([self.protocol] if self.protocol else [])]) or "none configured"
+        gates = ", ".join([*self.plans, *([self.protocol] if self.protocol else []), *self.l0]) or "none configured"
         peak = f"{self.peak_flops:g} FLOP/s" if self.peak_flops else "from device table"
         return f"spml: {l1}; peak {peak}; gates: {gates}"
 
@@ -77,6 +78,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="plan globs (relative to rootdir) gated as test items, one test per plan-gate rule")
     parser.addini("spml_protocol", default="",
                   help="autoresearch protocol gated as a test item (validated; see spml_fixed_files_base)")
+    parser.addini("spml_l0", type="linelist", default=[],
+                  help="training-code globs checked by L0 static checks, one test item per file")
     parser.addini("spml_fixed_files_base", default="",
                   help="when set (e.g. origin/main), also gate Fixed-file compliance against this revision")
     parser.addini("spml_l1_minutes", default="5", help="L1 training time budget in minutes (default 5)")
@@ -121,6 +124,7 @@ def _settings(config: pytest.Config) -> Settings:
         peak_flops=peak,
         report=config.getoption("spml_report") or (str(config.getini("spml_report")) or None),
         plans=tuple(config.getini("spml_plans")),
+        l0=tuple(config.getini("spml_l0")),
         protocol=str(config.getini("spml_protocol")) or None,
         fixed_files_base=str(config.getini("spml_fixed_files_base")) or None,
     )
@@ -193,6 +197,8 @@ class GateFile(pytest.File):
         settings = self.config.stash[settings_key]
         if self.kind == "plan":
             results = _plan_results(self.path)
+        elif self.kind == "l0":
+            results = [l0_result(self.path, self.config.rootpath)]
         else:
             results = _protocol_results(self.path, self.config.rootpath, settings.fixed_files_base)
         seen: dict[str, int] = {}
@@ -202,6 +208,24 @@ class GateFile(pytest.File):
             if seen[name] > 1:
                 name = f"{name} [{seen[name]}]"
             yield GateItem.from_parent(self, name=name, result=result)
+
+
+def l0_result(path: Path, root: Path) -> CheckResult:
+    """L0 on one file as one check: it fails on error findings; advisories are listed, never failing."""
+    from .l0.config import load_l0_config
+    from .l0.runner import lint_file
+
+    config = load_l0_config(root)
+    findings, _suppressed = lint_file(path, config)
+    errors = [f for f in findings if f.severity == "error"]
+    advisories = [f for f in findings if f.severity != "error"]
+    lines = "\n".join(f"  {f.path}:{f.line}:{f.col}: {f.rule} [{f.category}] {f.message}" for f in errors + advisories)
+    shown = config.relative(path)
+    if errors:
+        return CheckResult("L0", Status.FAIL, f"{len(errors)} error finding(s), {len(advisories)} advisory:\n{lines}",
+                           path=shown, name="static checks")
+    summary = f"no error findings ({len(advisories)} advisory)" + (f":\n{lines}" if advisories else "")
+    return CheckResult("L0", Status.PASS, summary, path=shown, name="static checks")
 
 
 def _plan_results(path: Path) -> list[CheckResult]:
@@ -263,6 +287,13 @@ def _gate_paths(config: pytest.Config, settings: Settings) -> dict[Path, str]:
         if not matched:
             raise pytest.UsageError(f"spml_plans: no plan matches {glob!r} under {root}; fix the ini key or add the plan")
         gates.update(dict.fromkeys(matched, "plan"))
+    for glob in settings.l0:
+        if Path(glob).is_absolute() or ".." in Path(glob).parts:
+            raise pytest.UsageError(f"spml_l0: {glob!r} must be a glob relative to the rootdir ({root})")
+        matched = sorted(p for p in root.glob(glob) if p.is_file() and p.suffix == ".py")
+        if not matched:
+            raise pytest.UsageError(f"spml_l0: no Python file matches {glob!r} under {root}; fix the ini key")
+        gates.update(dict.fromkeys(matched, "l0"))
     if settings.protocol:
         path = root / settings.protocol
         if path.is_dir():
@@ -307,6 +338,25 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         for item in items:
             if item.get_closest_marker("spml_l1"):
                 item.add_marker(skip)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    # In the call phase, not setup: an L0 finding fails the test, it is not a fixture error.
+    marker = item.get_closest_marker("spml_l0")
+    if marker is None or not marker.args:
+        return
+    root = item.config.rootpath
+    failures = []
+    for raw in marker.args:
+        path = root / str(raw)
+        if not path.is_file():
+            pytest.fail(f"spml_l0 marker: {path} is not a file; give training files relative to {root}", pytrace=False)
+        result = l0_result(path, root)
+        if result.status is Status.FAIL:
+            failures.append(result.message)
+    if failures:
+        pytest.fail("L0 static checks failed:\n" + "\n".join(failures), pytrace=False)
 
 
 # ---------------------------------------------------------------- fixtures

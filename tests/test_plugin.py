@@ -297,3 +297,44 @@ def test_bad_gate_ini_values_are_usage_errors(pytester: pytest.Pytester, ini: st
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+BAD_TRAINER = '''
+import torch
+model = torch.nn.Linear(4, 2).cuda()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+state = torch.load("init.pt")
+device = torch.device("cuda")
+for x, y in loader:
+    x = x.cuda()
+    loss = torch.nn.functional.mse_loss(model(x), y.to(device))
+    loss.backward()
+    optimizer.step()
+'''
+
+
+def test_l0_files_become_test_items(pytester: pytest.Pytester) -> None:
+    (pytester.path / "train.py").write_text(BAD_TRAINER)
+    pytester.makeini("[pytest]\nspml_l0 = *.py\n")
+    result = pytester.runpytest_subprocess("-v")
+    result.stdout.fnmatch_lines(["*train.py::L0 static checks FAILED*", "*train.py:3:9: DEV001 ?device?*",
+                                 "*train.py:8:9: DEV001 ?device?*", "*train.py:5:9: ADV001 ?advisory?*"])
+
+
+def test_l0_marker_checks_the_named_files(pytester: pytest.Pytester) -> None:
+    (pytester.path / "train.py").write_text(BAD_TRAINER)
+    (pytester.path / "clean.py").write_text("import torch\nx = torch.load('a.pt', weights_only=True)\n")
+    pytester.makepyfile(test_l0="""
+        import pytest
+
+        @pytest.mark.spml_l0("clean.py")
+        def test_clean():
+            pass
+
+        @pytest.mark.spml_l0("train.py")
+        def test_trainer():
+            pass
+    """)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*L0 static checks failed:*", "*DEV001*"])
