@@ -23,6 +23,20 @@ LoopNode = ast.For | ast.AsyncFor | ast.While
 _MAX_RESOLVE_DEPTH = 6
 
 
+def _subclasses(base: type) -> set[type]:
+    found = set()
+    for sub in base.__subclasses__():
+        found.add(sub)
+        found |= _subclasses(sub)
+    return found
+
+
+# Operator and context nodes: the parser shares one instance of each across a
+# tree, so they must not get a `parent`, and they hold nothing rules ask about.
+_LEAF_TYPES = frozenset().union(*(_subclasses(t) for t in (ast.expr_context, ast.boolop, ast.operator,
+                                                          ast.unaryop, ast.cmpop)))
+
+
 class FileContext:
     """Everything rules may ask about one parsed file."""
 
@@ -48,60 +62,91 @@ class FileContext:
     # ------------------------------------------------------------------ indexing
 
     def _index(self) -> None:
+        # The hot loop of the whole linter (see benchmarks/bench_l0.py): direct
+        # `_fields` access, a type-keyed dispatch, and no descent into the
+        # shared singleton nodes (Load, Add, ...) that carry no information.
         stack: list[ast.AST] = [self.tree]
         self.tree.parent = None  # type: ignore[attr-defined]
-        calls = []
+        pop, push = stack.pop, stack.append
+        handlers = {
+            ast.Call: self.calls.append,
+            ast.Assign: self._on_assign,
+            ast.AnnAssign: self._on_annassign,
+            ast.AugAssign: self.augassigns.append,
+            ast.FunctionDef: self._on_function,
+            ast.AsyncFunctionDef: self._on_function,
+            ast.ClassDef: self._on_class,
+            ast.For: self.loops.append,
+            ast.AsyncFor: self.loops.append,
+            ast.While: self.loops.append,
+            ast.With: self.withs.append,
+            ast.AsyncWith: self.withs.append,
+            ast.Import: self._on_import,
+            ast.ImportFrom: self._on_import_from,
+            ast.Subscript: self.subscripts.append,
+            ast.BinOp: self.binops.append,
+            ast.Constant: self._on_constant,
+        }
+        get_handler = handlers.get
+        leaf_types = _LEAF_TYPES
+        node_type = ast.AST
         while stack:
-            node = stack.pop()
-            for child in ast.iter_child_nodes(node):
-                child.parent = node  # type: ignore[attr-defined]
-                stack.append(child)
-            kind = type(node)
-            if kind is ast.Call:
-                calls.append(node)
-            elif kind is ast.Assign:
-                for target in node.targets:  # type: ignore[attr-defined]
-                    self._record_target(target, node, node.value)  # type: ignore[attr-defined]
-            elif kind is ast.AnnAssign and node.value is not None:  # type: ignore[attr-defined]
-                self._record_target(node.target, node, node.value)  # type: ignore[attr-defined]
-            elif kind is ast.AugAssign:
-                self.augassigns.append(node)  # type: ignore[arg-type]
-            elif kind in (ast.FunctionDef, ast.AsyncFunctionDef):
-                self.functions.setdefault(node.name, node)  # type: ignore[attr-defined]
-            elif kind is ast.ClassDef:
-                self.classes[node.name] = node  # type: ignore[attr-defined]
-            elif kind in (ast.For, ast.AsyncFor, ast.While):
-                self.loops.append(node)  # type: ignore[arg-type]
-            elif kind in (ast.With, ast.AsyncWith):
-                self.withs.append(node)  # type: ignore[arg-type]
-            elif kind is ast.Import:
-                for alias in node.names:  # type: ignore[attr-defined]
-                    local = alias.asname or alias.name.split(".")[0]
-                    self.imports[local] = alias.name if alias.asname else local
-            elif kind is ast.ImportFrom and node.module and not node.level:  # type: ignore[attr-defined]
-                for alias in node.names:  # type: ignore[attr-defined]
-                    self.imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"  # type: ignore[attr-defined]
-            elif kind is ast.Subscript:
-                self.subscripts.append(node)  # type: ignore[arg-type]
-            elif kind is ast.BinOp:
-                self.binops.append(node)  # type: ignore[arg-type]
-            elif kind is ast.Constant and isinstance(node.value, str):  # type: ignore[attr-defined]
-                self.strings.append(node)  # type: ignore[arg-type]
+            node = pop()
+            for field in node._fields:
+                value = getattr(node, field, None)
+                if type(value) is list:
+                    for child in value:
+                        if isinstance(child, node_type) and type(child) not in leaf_types:
+                            child.parent = node  # type: ignore[attr-defined]
+                            push(child)
+                elif isinstance(value, node_type) and type(value) not in leaf_types:
+                    value.parent = node  # type: ignore[attr-defined]
+                    push(value)
+            handler = get_handler(type(node))
+            if handler is not None:
+                handler(node)
         for cls in self.classes.values():
             for item in cls.body:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     self.functions[f"{cls.name}.{item.name}"] = item
         # Calls are resolved after imports are known (imports can come late).
-        calls.sort(key=lambda n: (n.lineno, n.col_offset))
-        self.calls = calls
-        for call in calls:
-            name = self.dotted(call.func)
+        self.calls.sort(key=lambda n: (n.lineno, n.col_offset))
+        for call in self.calls:
+            func = call.func
+            name = self.dotted(func)
             if name:
                 self.calls_by_name[name].append(call)
-            method = call.func.attr if isinstance(call.func, ast.Attribute) else (
-                call.func.id if isinstance(call.func, ast.Name) else None)
+            method = func.attr if isinstance(func, ast.Attribute) else (func.id if isinstance(func, ast.Name) else None)
             if method:
                 self.calls_by_method[method].append(call)
+
+    def _on_assign(self, node: ast.Assign) -> None:
+        for target in node.targets:
+            self._record_target(target, node, node.value)
+
+    def _on_annassign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self._record_target(node.target, node, node.value)
+
+    def _on_function(self, node: FunctionNode) -> None:
+        self.functions.setdefault(node.name, node)
+
+    def _on_class(self, node: ast.ClassDef) -> None:
+        self.classes[node.name] = node
+
+    def _on_import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            local = alias.asname or alias.name.split(".")[0]
+            self.imports[local] = alias.name if alias.asname else local
+
+    def _on_import_from(self, node: ast.ImportFrom) -> None:
+        if node.module and not node.level:
+            for alias in node.names:
+                self.imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def _on_constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str):
+            self.strings.append(node)
 
     def _record_target(self, target: ast.expr, stmt: ast.AST, value: ast.expr) -> None:
         if isinstance(target, ast.Name):
