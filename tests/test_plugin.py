@@ -222,8 +222,10 @@ def test_pytest_help_imports_nothing_heavy(tmp_path: Path) -> None:
 
 def test_hooks_and_plan_gate_import_nothing_heavy(tmp_path: Path) -> None:
     shutil.copy(PASSING_PLAN, tmp_path / "plan.md")
+    shutil.copy(EXAMPLE / "train.py", tmp_path / "train.py")
     line = _probe("""
-        from pytest_spml.hooks import plan_gate, fixed_files
+        from pytest_spml.hooks import plan_gate, fixed_files, l0
+        l0.main(["train.py"])
         from pytest_spml import cli
         try:
             cli.main(["plan-gate", "plan.md"])

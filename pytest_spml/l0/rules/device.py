@@ -6,7 +6,7 @@ import ast
 import re
 from collections.abc import Iterator
 
-from ..context import FileContext
+from ..context import FileContext, constant, keyword
 from ..model import Finding, Rule
 from ..registry import rule
 
@@ -50,3 +50,362 @@ def hard_coded_cuda(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
         for index, node in sorted(indices.items()):
             yield ctx.finding(rule_, node, f"hard-coded \"cuda:{index}\" next to other CUDA indices "
                               f"({', '.join(sorted(indices))}): choose the device once, in one variable")
+
+
+# ---------------------------------------------------------------------------- shared helpers
+# (precision.py imports optimized_modules, device_move and after_training from here)
+
+_FACTORIES = tuple(f"torch.{name}" for name in (
+    "zeros", "ones", "empty", "full", "arange", "randn", "rand", "randint", "tensor", "eye", "linspace"))
+_DTYPES = frozenset(("float16", "half", "bfloat16", "float32", "float", "float64", "double", "int64", "long",
+                     "int32", "int", "int16", "short", "int8", "uint8", "bool", "complex64", "complex128",
+                     "float8_e4m3fn", "float8_e5m2"))
+_READ_OUT = frozenset(("item", "tolist", "numpy", "cpu"))  # a CPU tensor made to be read on the host
+_LOGGING = frozenset(("print", "log", "info", "debug", "warning", "add_scalar", "add_scalars", "write",
+                      "set_postfix", "set_description"))
+_OPTIMIZER_NAME = re.compile(r"Adam|SGD|Lion|Lamb|LAMB|Adafactor|RMSprop|Adagrad|Adadelta|LBFGS|Muon|Sophia|"
+                             r"Shampoo|Prodigy|Ranger")
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def _is_optimizer(name: str | None) -> bool:
+    if not name:
+        return False
+    module, _, cls = name.rpartition(".")
+    if not cls[:1].isupper() or "Scheduler" in cls or "lr_scheduler" in module:
+        return False
+    return "optim" in module.lower() or bool(_OPTIMIZER_NAME.search(cls))
+
+
+def _parameter_owners(ctx: FileContext, expr: ast.AST) -> set[str]:
+    """``model`` for every ``model.parameters()`` / ``model.named_parameters()`` under ``expr``."""
+    owners = set()
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("parameters", "named_parameters"):
+            owner = ctx.dotted(node.func.value, resolve=False)
+            if owner:
+                owners.add(owner)
+    return owners
+
+
+def optimized_modules(ctx: FileContext) -> list[tuple[ast.Call, set[str]]]:
+    """(optimizer call, modules whose parameters it optimizes), following param-group names one step back."""
+    result = []
+    for name in [n for n in ctx.calls_by_name if _is_optimizer(n)]:
+        for call in ctx.calls_by_name[name]:
+            args = [*call.args, *(k.value for k in call.keywords if k.arg == "params")]
+            owners: set[str] = set()
+            for arg in args:
+                owners |= _parameter_owners(ctx, arg)
+                for inner in ast.walk(arg):  # decay = [p for n, p in model.named_parameters() ...]
+                    if isinstance(inner, ast.Name):
+                        value = ctx.last_assignment(inner.id, before=call)
+                        if value is not None:
+                            owners |= _parameter_owners(ctx, value)
+            if owners:
+                result.append((call, owners))
+    return result
+
+
+def _is_dtype(ctx: FileContext, expr: ast.expr) -> bool:
+    name = ctx.dotted(ctx.resolve(expr) or expr) or ""
+    head, _, last = name.rpartition(".")
+    return (head == "torch" and last in _DTYPES) or "dtype" in (ctx.dotted(expr, resolve=False) or "").lower()
+
+
+def device_of(ctx: FileContext, expr: ast.expr | None) -> str | None:
+    """``"cpu"``, ``"cuda"`` (index unknown) or ``"cuda:N"`` when ``expr`` resolves to a literal device; else None."""
+    value = ctx.resolve(expr) if expr is not None else None
+    if isinstance(value, ast.Call) and ctx.call_name(value) == "torch.device" and value.args:
+        kind, index = constant(value.args[0]), constant(value.args[1]) if len(value.args) > 1 else None
+        if isinstance(kind, str):
+            return f"{kind}:{index}" if isinstance(index, int) and ":" not in kind else kind
+        return None
+    literal = constant(value) if value is not None else ...
+    if isinstance(literal, bool):
+        return None
+    if isinstance(literal, int):
+        return f"cuda:{literal}"
+    return literal if isinstance(literal, str) and literal.split(":")[0] in ("cpu", "cuda", "mps", "xpu") else None
+
+
+def device_move(ctx: FileContext, call: ast.Call) -> tuple[bool, str | None]:
+    """(does ``x.to(...)`` / ``x.cuda()`` / ``x.cpu()`` move to a device?, which one when literal)."""
+    if not isinstance(call.func, ast.Attribute):
+        return False, None
+    method = call.func.attr
+    if method == "cpu":
+        return True, "cpu"
+    if method == "cuda":
+        index = keyword(call, "device") or (call.args[0] if call.args else None)
+        if index is None:
+            return True, "cuda"
+        found = device_of(ctx, index)
+        return True, found if found and found.startswith("cuda") else "cuda"
+    if method != "to":
+        return False, None
+    target = keyword(call, "device") or (call.args[0] if call.args else None)
+    if target is None or (keyword(call, "device") is None and _is_dtype(ctx, target)):
+        return False, None
+    return True, device_of(ctx, target)
+
+
+def _chain(ctx: FileContext, call: ast.Call) -> tuple[ast.expr, list[ast.Call]]:
+    """The outermost expression of ``call.m1().m2()...`` and the method calls applied on the way up."""
+    top: ast.expr = call
+    applied = []
+    while isinstance(parent := ctx.parent(top), ast.Attribute) and isinstance(grand := ctx.parent(parent), ast.Call) \
+            and grand.func is parent:
+        applied.append(grand)
+        top = grand
+    return top, applied
+
+
+def _assigned_name(ctx: FileContext, expr: ast.expr) -> str | None:
+    stmt = ctx.parent(expr)
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], (ast.Name, ast.Attribute)):
+        return ctx.dotted(stmt.targets[0], resolve=False)
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+        return stmt.target.id
+    return None
+
+
+def after_training(ctx: FileContext, node: ast.AST) -> bool:
+    """Is ``node`` after a training loop of its own function (export, saving, evaluation)?"""
+    scope = ctx.enclosing_function(node)
+    return any(ctx.enclosing_function(loop) is scope and node.lineno > (loop.end_lineno or loop.lineno)
+               for loop in ctx.training_loops)
+
+
+def _device_aware(ctx: FileContext) -> bool:
+    """Does the file think about devices at all? On a CPU-only script a device-less tensor is right."""
+    if ctx.uses_cuda or _device_variables(ctx):
+        return True
+    return any(constant(k.value) != "cpu" for call in ctx.calls for k in call.keywords if k.arg == "device")
+
+
+# ---------------------------------------------------------------------------- DEV002
+
+def _cpu_scalar(ctx: FileContext, call: ast.Call) -> bool:
+    """``torch.tensor(0.5)`` / ``torch.tensor(weight)``: a 0-d CPU tensor mixes with CUDA tensors like a number."""
+    if ctx.call_name(call) != "torch.tensor" or not call.args:
+        return False
+    data = ctx.resolve(call.args[0])
+    return not isinstance(data, (ast.List, ast.Tuple, ast.ListComp, ast.GeneratorExp))
+
+
+def _in_logging_call(ctx: FileContext, node: ast.AST) -> bool:
+    for ancestor in ctx.ancestors(node):
+        if isinstance(ancestor, ast.stmt):
+            return False
+        if isinstance(ancestor, ast.Call):
+            func = ancestor.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in _LOGGING:
+                return True
+    return False
+
+
+def _handled_later(ctx: FileContext, scope: ast.AST, name: str, after: ast.AST, loop: bool) -> bool:
+    """``name`` is moved with ``.to``/``.cuda`` later in ``scope``, or (in a loop) only indexes CPU data."""
+    for node in ast.walk(scope):
+        if getattr(node, "lineno", 0) < after.lineno:
+            continue
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and ctx.dotted(node.func.value, resolve=False) == name and device_move(ctx, node)[0]:
+            return True
+        if loop and isinstance(node, ast.Subscript) and name in {
+                n.id for n in ast.walk(node.slice) if isinstance(n, ast.Name)}:
+            return True
+        if loop and isinstance(node, (ast.For, ast.comprehension)) and isinstance(node.iter, ast.Name) \
+                and node.iter.id == name:
+            return True
+    return False
+
+
+def _creation_scope(ctx: FileContext, call: ast.Call) -> tuple[ast.AST, bool] | None:
+    """(scope, is a training loop) for a factory call in ``forward`` or a training loop."""
+    if ctx.in_forward(call):
+        return ctx.enclosing_function(call), False  # type: ignore[return-value]
+    loop = ctx.in_training_loop(call)
+    return (loop, True) if loop is not None else None
+
+
+def _device_hint(ctx: FileContext, scope: ast.AST, loop: bool) -> str:
+    if not loop and isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        params = [a.arg for a in scope.args.args if a.arg != "self"]
+        return f"{params[0]}.device" if params else "x.device"
+    variables = sorted(_device_variables(ctx))
+    return variables[0] if variables else "device"
+
+
+@rule(
+    "DEV002", "tensor-created-without-device", "device",
+    what="A tensor built inside `forward` or the training loop with `torch.zeros/ones/arange/randn/tensor/...` "
+         "and no `device=`, in a file that runs on a device.",
+    why="Factory functions default to the CPU. Next to CUDA activations that is either a \"tensors on different "
+        "devices\" error the first time the code meets a GPU, or (for indices and 0-d values) a silent host-to-"
+        "device copy that synchronises the stream on every step. Creating the tensor where it is used is free.\n"
+        "Not flagged: `torch.tensor(<scalar>)` (a 0-d CPU tensor combines with CUDA tensors like a Python "
+        "number), tensors moved right away (`.to(device)`, `.cuda()`, `.type_as(x)`) or later in the same "
+        "scope, tensors read on the host (`.item()`, `.tolist()`, printing), CPU indices into CPU data in the "
+        "training loop, `*_like` factories, and files that never mention CUDA or a device.",
+    bad="def forward(self, x):\n    pos = torch.arange(x.size(1))          # CPU\n    return self.emb(x) + self.pos(pos)",
+    fix="def forward(self, x):\n    pos = torch.arange(x.size(1), device=x.device)\n"
+        "    return self.emb(x) + self.pos(pos)",
+)
+def tensor_without_device(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
+    candidates = [(call, found) for call in ctx.calls_to(*_FACTORIES)
+                  if keyword(call, "device") is None and (found := _creation_scope(ctx, call)) is not None]
+    if not candidates or not _device_aware(ctx):
+        return
+    for call, (scope, loop) in candidates:
+        top, applied = _chain(ctx, call)
+        if _cpu_scalar(ctx, call) or _in_logging_call(ctx, top) or any(
+                device_move(ctx, c)[0] or c.func.attr in _READ_OUT or c.func.attr == "type_as"  # type: ignore[attr-defined]
+                for c in applied):
+            continue
+        name = _assigned_name(ctx, top)
+        if name and _handled_later(ctx, scope, name, call, loop):
+            continue
+        where = "the training loop" if loop else "`forward`"
+        factory = ctx.call_name(call)
+        yield ctx.finding(rule_, call, f"`{factory}(...)` in {where} has no `device=`: it is built on the CPU and "
+                          f"copied (or fails) next to device tensors; pass `device={_device_hint(ctx, scope, loop)}`")
+
+
+# ---------------------------------------------------------------------------- DEV003
+
+def _model_placements(ctx: FileContext, models: set[str]) -> list[tuple[ast.Call, str | None]]:
+    placements = []
+    for call in ctx.method_calls("to", "cuda"):
+        moved, device = device_move(ctx, call)
+        if not moved or after_training(ctx, call) or ctx.in_training_loop(call):
+            continue
+        receiver = ctx.dotted(call.func.value, resolve=False)  # type: ignore[attr-defined]
+        top, _ = _chain(ctx, call)
+        if receiver in models or _assigned_name(ctx, top) in models:
+            placements.append((call, device))
+    return placements
+
+
+def _batch_names(ctx: FileContext, loop: ast.AST) -> set[str]:
+    """Names a training loop gets its batches in: loop targets (this and enclosing loops) and ``next(it)``."""
+    names: set[str] = set()
+    for node in (loop, *ctx.ancestors(loop)):
+        if isinstance(node, _SCOPES):
+            break
+        if isinstance(node, (ast.For, ast.AsyncFor)):
+            names |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+    for node in ast.walk(loop):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "next":
+            names |= {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def _root(expr: ast.expr) -> str | None:
+    while isinstance(expr, (ast.Attribute, ast.Subscript, ast.Call)):
+        expr = expr.func if isinstance(expr, ast.Call) else expr.value
+    return expr.id if isinstance(expr, ast.Name) else None
+
+
+def _is_placement(ctx: FileContext, call: ast.Call) -> bool:
+    """Is the moved value stored (``x = x.to(d)``, ``x, y = ...``, ``{k: v.to(d) ...}``), not just compared?"""
+    top, _ = _chain(ctx, call)
+    parent = ctx.parent(top)
+    if isinstance(parent, (ast.Tuple, ast.DictComp, ast.ListComp, ast.Dict)):
+        parent = ctx.parent(parent)
+    return isinstance(parent, (ast.Assign, ast.AnnAssign))
+
+
+def _batch_moves(ctx: FileContext, loop: ast.AST) -> Iterator[tuple[ast.Call, str]]:
+    names = _batch_names(ctx, loop)
+    comprehension_vars: dict[str, str | None] = {}
+    for node in ast.walk(loop):
+        if isinstance(node, ast.comprehension):
+            for target in ast.walk(node.target):
+                if isinstance(target, ast.Name):
+                    comprehension_vars[target.id] = _root(node.iter)
+    for node in ast.walk(loop):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("to", "cuda")):
+            continue
+        root = _root(node.func.value)
+        if root not in names and comprehension_vars.get(root or "") not in names:
+            continue
+        moved, device = device_move(ctx, node)
+        if moved and device and _is_placement(ctx, node):
+            yield node, device
+
+
+def _conflict(a: str, b: str) -> bool:
+    kind_a, _, index_a = a.partition(":")
+    kind_b, _, index_b = b.partition(":")
+    return kind_a != kind_b or bool(index_a and index_b and index_a != index_b)
+
+
+@rule(
+    "DEV003", "model-and-batch-on-different-devices", "device",
+    what="The model is moved to one literal device and the training loop moves batches to another "
+         "(`model.cuda()` with `x.to(\"cpu\")`, `\"cuda:0\"` with `\"cuda:1\"`, or two device variables that "
+         "resolve to different literals).",
+    why="The first forward pass fails with \"Expected all tensors to be on the same device\", after data "
+        "loading, compilation and warm-up have already been paid for; with a CPU batch and a CUDA model on "
+        "some code paths (`.to(other)` in a helper) it becomes a silent copy every step.",
+    bad='model = Net().to("cuda:0")\nfor x, y in loader:\n    x, y = x.to("cuda:1"), y.to("cuda:1")',
+    fix='device = torch.device("cuda:0")\nmodel = Net().to(device)\nfor x, y in loader:\n'
+        '    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)',
+)
+def model_batch_device_mismatch(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
+    if not ctx.training_loops:
+        return
+    models = {owner for call in ctx.method_calls("parameters", "named_parameters")
+              if isinstance(call.func, ast.Attribute) and (owner := ctx.dotted(call.func.value, resolve=False))}
+    placements = _model_placements(ctx, models)
+    devices = {device for _, device in placements}
+    if len(devices) != 1 or None in devices:  # none, unknown, or model parallel: nothing to compare with
+        return
+    (model_device,) = devices
+    for loop in ctx.training_loops:
+        for call, device in _batch_moves(ctx, loop):
+            if _conflict(model_device, device):
+                yield ctx.finding(rule_, call, f"batch moved to \"{device}\" while the model is on "
+                                  f"\"{model_device}\" (line {placements[0][0].lineno}): put both on one device "
+                                  "variable")
+
+
+# ---------------------------------------------------------------------------- DEV004
+
+def _moves_of(ctx: FileContext, module: str) -> list[ast.Call]:
+    return [call for call in ctx.method_calls("to", "cuda")
+            if isinstance(call.func, ast.Attribute) and ctx.dotted(call.func.value, resolve=False) == module
+            and device_move(ctx, call)[0]]
+
+
+@rule(
+    "DEV004", "optimizer-before-device-move", "device",
+    what="The optimizer is built over `model.parameters()` before `model.to(device)` / `model.cuda()` in the "
+         "same scope.",
+    why="An optimizer holds references to the parameter tensors it was given. PyTorch's docs ask to move the "
+        "model first: when the move replaces the parameters (`torch.__future__.set_swap_module_params_on_"
+        "conversion`, XLA, some tensor subclasses, `model = model.to(...)` on wrappers) the optimizer updates "
+        "stale CPU tensors and the model never learns, and state loaded before the move (`load_state_dict`) "
+        "stays on the CPU, costing a copy per step or a device error.",
+    bad="model = Net()\nopt = torch.optim.AdamW(model.parameters(), lr=3e-4)\nmodel.to(device)",
+    fix="model = Net().to(device)\nopt = torch.optim.AdamW(model.parameters(), lr=3e-4)",
+)
+def optimizer_before_move(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
+    built = optimized_modules(ctx)
+    for call, modules in built:
+        scope = ctx.enclosing_function(call)
+        for module in sorted(modules):
+            rebuilt = [c.lineno for c, mods in built if module in mods and c.lineno > call.lineno]
+            move = next((m for m in _moves_of(ctx, module)
+                         if m.lineno > call.lineno and ctx.enclosing_function(m) is scope
+                         and not after_training(ctx, m) and not any(r < m.lineno for r in rebuilt)), None)
+            if move is not None:
+                yield ctx.finding(rule_, call, f"optimizer built over `{module}` before `{ctx.segment(move)}` "
+                                  f"(line {move.lineno}): move the model to its device first, then build the "
+                                  "optimizer")
+                break
