@@ -168,3 +168,17 @@ def test_pre_commit_fixed_files(tmp_path: Path, pre_commit_home: Path) -> None:
     elsewhere = try_repo(project, pre_commit_home, "spml-fixed-files")
     assert elsewhere.returncode == 0
     assert "not enforced: branch 'main'" in elsewhere.stdout
+
+
+@pytest.mark.slow
+def test_pre_commit_l0(tmp_path: Path, pre_commit_home: Path) -> None:
+    project = make_project(tmp_path / "p", branch="main")
+    (project / "loader.py").write_text('import torch\nstate = torch.load("a.pt", weights_only=True)\n')
+    git(project, "add", "-A")
+    ok = try_repo(project, pre_commit_home, "spml-l0", "--files", "loader.py")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (project / "bad.py").write_text('import torch\nmodel.to("cuda:0")\nbatch = batch.to("cuda:1")\n')
+    git(project, "add", "-A")
+    bad = try_repo(project, pre_commit_home, "spml-l0", "--files", "bad.py", "loader.py")
+    assert bad.returncode == 1
+    assert "bad.py:2:10: DEV001 [device]" in bad.stdout
