@@ -16,7 +16,7 @@ from torch.nn import functional as F
 # config (overridable from the command line in the original)
 out_dir = "out"
 eval_interval = 2000
-log_interval = 1
+log_interval = 10
 eval_iters = 200
 always_save_checkpoint = True
 init_from = "scratch"  # or "resume"
