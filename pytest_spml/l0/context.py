@@ -149,6 +149,12 @@ class FileContext:
             self.strings.append(node)
 
     def _record_target(self, target: ast.expr, stmt: ast.AST, value: ast.expr) -> None:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            # `lr, steps, decay = 6e-4, 600000, 1e-1`: pair the names with the values
+            if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts):
+                for sub_target, sub_value in zip(target.elts, value.elts):
+                    self._record_target(sub_target, stmt, sub_value)
+            return
         if isinstance(target, ast.Name):
             self.assignments[target.id].append((stmt, value))
         elif isinstance(target, ast.Attribute):

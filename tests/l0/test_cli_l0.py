@@ -112,7 +112,7 @@ def test_pyproject_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[s
     write(tmp_path, "vendor/lib.py", TRAINER)
     write(tmp_path, "pyproject.toml", """
 [tool.spml.l0]
-select = ["DEV001", "ADV"]
+select = ["DEV001", "ADV001"]
 exclude = ["vendor/*"]
 [tool.spml.l0.severity]
 ADV001 = "error"

@@ -18,8 +18,16 @@ _DEFAULT_WEIGHT_DECAY = {"AdamW": 0.01}
 # Positional index of weight_decay where it is the fifth parameter.
 _WD_POSITION = {"Adam": 4, "AdamW": 4, "SGD": 4, "RMSprop": 4, "Adamax": 4, "NAdam": 4, "RAdam": 4, "Adagrad": 3}
 _OPTIMIZER_NAME = re.compile(r"(^|_)(opt|optim|optimizer|optimiser)s?(_|\d|$)|optimi[sz]er", re.IGNORECASE)
+_PARAMETERLESS = frozenset({"Identity", "Flatten", "Unflatten", "ReLU", "ReLU6", "GELU", "SiLU", "Mish", "Tanh",
+                            "Sigmoid", "Softmax", "LogSoftmax", "LeakyReLU", "ELU", "Hardswish", "Upsample",
+                            "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ModuleList", "ModuleDict"})
 _MAX_DEPTH = 6
 _MAX_REACH = 24
+
+
+def _code(node: ast.AST) -> str:
+    """Short source text for a message (``ast.unparse``: ``ctx.segment`` re-splits the whole file per call)."""
+    return ast.unparse(node)
 
 
 # ---------------------------------------------------------------------------------------------- resolution
@@ -104,15 +112,24 @@ def _optimizer_builds(ctx: FileContext) -> list[ast.Call]:
             and "lr_scheduler" not in name for c in calls]
 
 
+def _is_scheduler_name(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return (name.startswith("torch.optim.lr_scheduler.") and last[:1].isupper()) or (
+        name.startswith("transformers.") and "schedule" in last)
+
+
 def _is_scheduler_build(ctx: FileContext, node: ast.AST | None) -> bool:
-    if not isinstance(node, ast.Call):
-        return False
-    name = ctx.call_name(node) or ""
-    return "lr_scheduler" in name or (name.startswith("transformers.") and "schedule" in name)
+    return isinstance(node, ast.Call) and _is_scheduler_name(ctx.call_name(node) or "")
+
+
+def _scheduled_optimizer(ctx: FileContext, call: ast.Call) -> ast.expr | None:
+    """The optimizer a scheduler is built on (``get_scheduler(name, optimizer, ...)`` takes it second)."""
+    position = 1 if (ctx.call_name(call) or "").endswith(".get_scheduler") else 0
+    return call.args[position] if len(call.args) > position else keyword(call, "optimizer")
 
 
 def _label(ctx: FileContext, expr: ast.expr) -> str:
-    return ctx.dotted(expr, resolve=False) or ctx.segment(expr) or "optimizer"
+    return ctx.dotted(expr, resolve=False) or _code(expr) or "optimizer"
 
 
 # ---------------------------------------------------------------------------------------------- step calls
@@ -151,24 +168,67 @@ def _is_scheduler_step(ctx: FileContext, call: ast.Call) -> bool:
 
 # ---------------------------------------------------------------------------------------------- reach
 
-def _reach(ctx: FileContext, node: ast.AST) -> list[ast.AST]:
-    """``node`` plus the same-file functions it calls or passes on (closures), transitively."""
+def _links(ctx: FileContext) -> list[tuple[ast.AST, FunctionNode]]:
+    """(site, function) for every call of a same-file function and every one passed on as an argument
+    (an LBFGS closure, a callback): the edges ``_reach`` follows. Built from the call index, no walk."""
+    links: list[tuple[ast.AST, FunctionNode]] = []
+    for call in ctx.calls:
+        target = _local_function(ctx, call)
+        if target is not None:
+            links.append((call, target))
+        for arg in call.args:
+            if isinstance(arg, ast.Name) and arg.id in ctx.functions:
+                links.append((arg, ctx.functions[arg.id]))
+    return links
+
+
+def _reach(ctx: FileContext, node: ast.AST, links: list[tuple[ast.AST, FunctionNode]]) -> list[ast.AST]:
+    """``node`` plus the same-file functions it calls or passes on, transitively."""
     found: list[ast.AST] = [node]
     seen: set[int] = {id(node)}
-    index = 0
-    while index < len(found) and len(found) < _MAX_REACH:
-        for sub in ast.walk(found[index]):
-            target: FunctionNode | None = None
-            if isinstance(sub, ast.Call):
-                target = _local_function(ctx, sub)
-            elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and \
-                    isinstance(ctx.parent(sub), ast.Call) and sub is not ctx.parent(sub).func:  # type: ignore[union-attr]
-                target = ctx.functions.get(sub.id)
-            if target is not None and id(target) not in seen:
+    grew = True
+    while grew and len(found) < _MAX_REACH:
+        grew = False
+        for site, target in links:
+            if id(target) not in seen and _within(ctx, site, found):
                 seen.add(id(target))
                 found.append(target)
-        index += 1
+                grew = True
     return found
+
+
+def _within(ctx: FileContext, node: ast.AST, parts: list[ast.AST]) -> bool:
+    ids = {id(p) for p in parts}
+    return id(node) in ids or any(id(a) in ids for a in ctx.ancestors(node))
+
+
+def _exclusive(ctx: FileContext, a: ast.AST, b: ast.AST) -> bool:
+    """Do ``a`` and ``b`` sit in different branches of one ``if``/``try``/``match`` (never both run)?"""
+    path: dict[int, ast.AST] = {}  # ancestor id -> the child on the way to ``a``
+    child = a
+    for ancestor in ctx.ancestors(a):
+        path[id(ancestor)] = child
+        child = ancestor
+    child = b
+    for ancestor in ctx.ancestors(b):
+        if id(ancestor) in path:
+            if not isinstance(ancestor, (ast.If, ast.Try, ast.Match)):
+                return False
+            return _branch(ancestor, path[id(ancestor)]) != _branch(ancestor, child)
+        child = ancestor
+    return False
+
+
+def _branch(node: ast.AST, child: ast.AST) -> tuple[str, int]:
+    for field, value in ast.iter_fields(node):
+        if value is child:
+            return field, 0
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if item is child:
+                    # if/try bodies are one branch; each except handler or match case is its own.
+                    return field, index if field in ("handlers", "cases") else 0
+    return "", 0
 
 
 def _loops_outward(ctx: FileContext, loop: LoopNode) -> Iterator[LoopNode]:
@@ -180,21 +240,59 @@ def _loops_outward(ctx: FileContext, loop: LoopNode) -> Iterator[LoopNode]:
             yield ancestor
 
 
-def _zeroes_grads(node: ast.AST) -> bool:
-    """``zero_grad(...)``, ``p.grad = None`` or ``p.grad.zero_()`` anywhere in ``node``."""
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
-            if sub.func.attr == "zero_grad":
-                return True
-            if sub.func.attr in ("zero_", "detach_") and isinstance(sub.func.value, ast.Attribute) \
-                    and sub.func.value.attr == "grad":
-                return True
-        elif isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "zero_grad":
-            return True
-        elif isinstance(sub, ast.Assign) and constant(sub.value) is None and isinstance(sub.value, ast.Constant) \
-                and any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in sub.targets):
-            return True
-    return False
+def _zeroings(ctx: FileContext, parts: list[ast.AST]) -> list[str | None]:
+    """What ``parts`` zero: the receiver of each ``x.zero_grad()``, or None for zeroing we cannot attribute
+    (a bare ``zero_grad()``, ``p.grad = None``, ``p.grad.zero_()``), which covers every optimizer."""
+    found: list[str | None] = []
+    for call in ctx.method_calls("zero_grad"):
+        if _within(ctx, call, parts):
+            found.append(ctx.dotted(call.func.value, resolve=False) if isinstance(call.func, ast.Attribute)
+                         else None)
+    for call in ctx.method_calls("zero_", "detach_"):
+        if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Attribute) \
+                and call.func.value.attr == "grad" and _within(ctx, call, parts):
+            found.append(None)
+    for name, assigned in ctx.assignments.items():
+        if name.endswith(".grad") and any(isinstance(v, ast.Constant) and v.value is None
+                                          and _within(ctx, s, parts) for s, v in assigned):
+            found.append(None)
+    return found
+
+
+def _owner_module(ctx: FileContext, optimizer: ast.expr) -> str | None:
+    """``netG`` for an optimizer built on ``netG.parameters()``."""
+    built = _value_of(ctx, optimizer)
+    if not _optimizer_class(ctx, built):
+        return None
+    module = _whole_parameters(ctx, _params_arg(built))  # type: ignore[arg-type]
+    return ctx.dotted(module, resolve=False) if module is not None else None
+
+
+def _unzeroed(ctx: FileContext, steps: list[ast.Call], zeros: list[str | None]) -> list[ast.Call]:
+    """The first step of each optimizer whose gradients nothing in ``zeros`` clears.
+
+    ``netD.zero_grad()`` clears what ``optimizerD`` (built on ``netD.parameters()``) steps, not what
+    ``optimizerG`` steps; a zeroing we cannot tie to one optimizer is taken to clear them all.
+    """
+    if None in zeros:
+        return []
+    owners: dict[str, str | None] = {}
+    first: dict[str, ast.Call] = {}
+    for step in sorted(steps, key=lambda c: (c.lineno, c.col_offset)):
+        optimizer = _stepped_optimizer(ctx, step)
+        label = ctx.dotted(optimizer, resolve=False) if optimizer is not None else None
+        if label is None:
+            return []
+        if label not in first:
+            first[label], owners[label] = step, _owner_module(ctx, optimizer)  # type: ignore[arg-type]
+    missing = []
+    for label, step in first.items():
+        module = owners[label]
+        others = {x for other, m in owners.items() if other != label for x in (other, m) if x}
+        if not any(z == label or (module and (z == module or module.startswith(f"{z}."))) or z not in others
+                   for z in zeros):
+            missing.append(step)
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -225,8 +323,7 @@ def _whole_parameters(ctx: FileContext, expr: ast.expr | None, depth: int = 0) -
 
 def _only_requires_grad(expr: ast.AST) -> bool:
     """A filter that only keeps trainable parameters (so biases and norms stay in)."""
-    attrs = {n.attr for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
-    return attrs <= {"requires_grad"}
+    return {n.attr for n in ast.walk(expr) if isinstance(n, ast.Attribute)} == {"requires_grad"}
 
 
 def _requires_grad_filtered(ctx: FileContext, expr: ast.expr | None) -> ast.expr | None:
@@ -318,7 +415,7 @@ def _module_of(ctx: FileContext, expr: ast.expr) -> str | None:
     return ctx.dotted(expr, resolve=False)
 
 
-def _within(module: str | None, root: str) -> bool:
+def _under(module: str | None, root: str) -> bool:
     return module is not None and (module == root or module.startswith(root + "."))
 
 
@@ -329,9 +426,9 @@ def _within(module: str | None, root: str) -> bool:
     what="A training loop calls `optimizer.step()` but never zeroes the gradients (`zero_grad`, or "
          "`p.grad = None`) in that loop.",
     why="`.backward()` adds into `.grad`; it never overwrites it. Without `zero_grad` every step applies the "
-        "sum of all gradients so far, so the effective learning rate grows with the step count and the run "
-        "diverges or silently trains on stale gradients. Gradient accumulation still zeroes, once per "
-        "optimizer step.",
+        "sum of all gradients so far: the update grows with the step count, stale gradients keep pushing "
+        "after the data has changed, and the run diverges or trains on noise. Gradient accumulation still "
+        "zeroes, once per optimizer step. In a GAN, zeroing the discriminator does not zero the generator.",
     bad="for x, y in loader:\n    loss = loss_fn(model(x), y)\n    loss.backward()\n    optimizer.step()",
     fix="for x, y in loader:\n    optimizer.zero_grad(set_to_none=True)\n    loss = loss_fn(model(x), y)\n"
         "    loss.backward()\n    optimizer.step()",
@@ -339,23 +436,27 @@ def _within(module: str | None, root: str) -> bool:
 def gradients_never_zeroed(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
     if not ctx.is_trainer or not ctx.training_loops:
         return
+    all_steps = _optimizer_steps(ctx)
+    if not all_steps:
+        return
+    links = _links(ctx)
     done: set[int] = set()
     for loop in ctx.training_loops:
         for candidate in _loops_outward(ctx, loop):
-            reach = _reach(ctx, candidate)
-            steps = [c for part in reach for c in ast.walk(part) if isinstance(c, ast.Call)
-                     and isinstance(c.func, ast.Attribute) and c.func.attr == "step"
-                     and _stepped_optimizer(ctx, c) is not None]
+            reach = _reach(ctx, candidate, links)
+            steps = [c for c in all_steps if _within(ctx, c, reach)]
             if not steps:
                 continue
-            if id(candidate) not in done and not any(_zeroes_grads(part) for part in reach) \
-                    and not _zeroed_elsewhere(ctx, candidate):
+            if id(candidate) not in done and not _zeroed_elsewhere(ctx, candidate):
                 done.add(id(candidate))
-                step = min(steps, key=lambda c: (c.lineno, c.col_offset))
-                yield ctx.finding(rule_, step, f"`{ctx.segment(step)}` in a training loop that never zeroes the "
-                                  "gradients: `.backward()` accumulates into `.grad`, so each step applies the sum "
-                                  "of all past gradients; call `optimizer.zero_grad(set_to_none=True)` once per "
-                                  "step")
+                zeros = _zeroings(ctx, reach)
+                for step in _unzeroed(ctx, steps, zeros):
+                    only = f" (the loop only runs `{'`, `'.join(sorted({z for z in zeros if z}))}.zero_grad()`)" \
+                        if zeros else ""
+                    yield ctx.finding(rule_, step, f"`{_code(step)}` in a training loop that never zeroes "
+                                      f"its gradients{only}: `.backward()` accumulates into `.grad`, so each step "
+                                      "applies the sum of all past gradients; call `zero_grad(set_to_none=True)` "
+                                      "on this optimizer once per step")
             break
 
 
@@ -393,10 +494,11 @@ def scheduler_before_optimizer(rule_: Rule, ctx: FileContext) -> Iterator[Findin
     for sched in schedules:
         function = ctx.enclosing_function(sched)
         for step in steps:
-            if step.lineno <= sched.lineno or ctx.enclosing_function(step) is not function:
+            if step.lineno <= sched.lineno or ctx.enclosing_function(step) is not function \
+                    or _exclusive(ctx, sched, step):
                 continue
             if _common_loop(ctx, sched, step) is not None:
-                yield ctx.finding(rule_, sched, f"`{ctx.segment(sched)}` runs before `{ctx.segment(step)}` in the "
+                yield ctx.finding(rule_, sched, f"`{_code(sched)}` runs before `{_code(step)}` in the "
                                   "loop: call it after the optimizer step, or the first value of the schedule "
                                   "is skipped")
                 break
@@ -435,22 +537,24 @@ def weight_decay_on_everything(rule_: Rule, ctx: FileContext) -> Iterator[Findin
         decay = _weight_decay(ctx, call, cls)
         if decay is None or decay <= 0:
             continue
-        owner = ctx.segment(module) or "model"
+        owner = _code(module) or "model"
         source = "the AdamW default" if keyword(call, "weight_decay") is None and len(call.args) <= 4 else "set"
-        yield ctx.finding(rule_, call, f"`{cls}` decays every parameter of `{owner}` (weight_decay={decay:g}, "
-                          f"{source}), biases and norm weights included: use two param groups, "
-                          "`weight_decay=0.0` for `p.ndim < 2`")
+        yield ctx.finding(rule_, call, f"`{cls}` over `{owner}.parameters()` decays every parameter "
+                          f"(weight_decay={decay:g}, {source}), biases and norm weights included: use two param "
+                          "groups, `weight_decay=0.0` for `p.ndim < 2`")
 
 
 @rule(
     "OPT004", "parameters-missing-from-optimizer", "optimizer",
     what="The optimizer does not hold the parameters that train: it was built before a freeze (frozen ones "
-         "stay in) or before an unfreeze (unfrozen ones are missing), or over one submodule while the whole "
-         "model trains.",
-    why="An optimizer copies its parameter list when it is built. Parameters unfrozen later get gradients "
-        "but are never updated; parameters frozen later keep their optimizer state and still move under "
-        "momentum and weight decay whenever their grads are zeros rather than None. A submodule-only "
-        "optimizer while the whole model runs forward and backward pays for gradients nobody uses.",
+         "stay in), before an unfreeze, a module replacement or `resize_token_embeddings` (the new parameters "
+         "are missing), or over one submodule while the whole model trains.",
+    why="An optimizer keeps the parameter objects it was given when it was built. Parameters unfrozen later "
+        "get gradients but are never updated; a replaced head or resized embedding is a new Parameter the "
+        "optimizer never sees (it keeps updating the orphaned old one); parameters frozen later keep their "
+        "optimizer state and still move under momentum and weight decay whenever their grads are zeros rather "
+        "than None. A submodule-only optimizer while the whole model runs forward and backward pays for "
+        "gradients nobody uses.",
     bad="optimizer = torch.optim.AdamW(filter(lambda p: p.requires_grad, model.parameters()))\n"
         "...\nmodel.backbone.requires_grad_(True)      # unfrozen, but not in the optimizer",
     fix="model.backbone.requires_grad_(True)\n"
@@ -462,14 +566,16 @@ def parameters_missing(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
         return
     yield from _frozen_after_build(rule_, ctx, builds)
     yield from _unfrozen_after_build(rule_, ctx, builds)
+    yield from _replaced_after_build(rule_, ctx, builds)
     if len(builds) == 1:
         yield from _submodule_only(rule_, ctx, builds[0])
 
 
 def _later_rebuild(ctx: FileContext, builds: list[ast.Call], site: ast.AST, function: FunctionNode | None) -> bool:
     line = getattr(site, "lineno", 0)
-    return any(b.lineno > line and ctx.enclosing_function(b) is function for b in builds) or any(
-        ctx.enclosing_function(c) is function and c.lineno > line for c in ctx.method_calls("add_param_group"))
+    return any(b.lineno > line and ctx.enclosing_function(b) is function and not _exclusive(ctx, site, b)
+               for b in builds) or any(ctx.enclosing_function(c) is function and c.lineno > line
+                                       for c in ctx.method_calls("add_param_group"))
 
 
 def _frozen_after_build(rule_: Rule, ctx: FileContext, builds: list[ast.Call]) -> Iterator[Finding]:
@@ -481,7 +587,8 @@ def _frozen_after_build(rule_: Rule, ctx: FileContext, builds: list[ast.Call]) -
         function = ctx.enclosing_function(call)
         for site, obj in _freezes(ctx, frozen=True):
             if getattr(site, "lineno", 0) > call.lineno and ctx.enclosing_function(site) is function \
-                    and _within(_module_of(ctx, obj), root) and not _later_rebuild(ctx, builds, site, function):
+                    and not _exclusive(ctx, call, site) and _under(_module_of(ctx, obj), root) \
+                    and not _later_rebuild(ctx, builds, site, function):
                 yield ctx.finding(rule_, site, f"parameters of `{root}` frozen after the optimizer was built "
                                   f"over them (line {call.lineno}): they stay in the optimizer and still move "
                                   "under momentum/weight decay when their grads are zeros; freeze first, then "
@@ -498,11 +605,75 @@ def _unfrozen_after_build(rule_: Rule, ctx: FileContext, builds: list[ast.Call])
         function = ctx.enclosing_function(call)
         for site, obj in _freezes(ctx, frozen=False):
             if getattr(site, "lineno", 0) > call.lineno and ctx.enclosing_function(site) is function \
-                    and _within(_module_of(ctx, obj), root) and not _later_rebuild(ctx, builds, site, function):
+                    and not _exclusive(ctx, call, site) and _under(_module_of(ctx, obj), root) \
+                    and not _later_rebuild(ctx, builds, site, function):
                 yield ctx.finding(rule_, site, f"parameters of `{root}` unfrozen after the optimizer was built "
                                   f"over the then-trainable ones (line {call.lineno}): they get gradients but are "
                                   "never updated; `optimizer.add_param_group(...)` them or rebuild the optimizer")
                 break
+
+
+def _parameter_owners(ctx: FileContext, expr: ast.expr | None, depth: int = 0) -> set[str]:
+    """Modules whose ``parameters()``/``named_parameters()`` feed ``expr`` (through param groups and locals)."""
+    value = _value_of(ctx, expr)
+    owners: set[str] = set()
+    if value is None or depth > 3:
+        return owners
+    for node in ast.walk(value):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("parameters", "named_parameters"):
+            owner = ctx.dotted(node.func.value, resolve=False)
+            if owner:
+                owners.add(owner)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node is not value:
+            owners |= _parameter_owners(ctx, node, depth + 1)
+    return owners
+
+
+def _related(a: str, b: str) -> bool:
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+def _new_module(ctx: FileContext, value: ast.expr) -> bool:
+    """``nn.Linear(...)``, ``nn.Parameter(...)`` or a same-file class: fresh parameters (losses, activations,
+    dropout, pooling and ``Identity`` have none)."""
+    if not isinstance(value, ast.Call):
+        return False
+    name = ctx.call_name(value) or ""
+    last = name.rsplit(".", 1)[-1]
+    if name.startswith("torch.nn.") and last[:1].isupper():
+        return not (last.endswith("Loss") or "Pool" in last or last.startswith("Dropout")
+                    or last in _PARAMETERLESS)
+    return isinstance(value.func, ast.Name) and value.func.id in ctx.classes
+
+
+def _replaced_after_build(rule_: Rule, ctx: FileContext, builds: list[ast.Call]) -> Iterator[Finding]:
+    """``model.fc = nn.Linear(...)`` or ``model.resize_token_embeddings(...)`` after the optimizer took
+    ``model``'s parameters: the new parameters are not in it, the old ones it updates are gone."""
+    resizes = ctx.method_calls("resize_token_embeddings")
+    replaced = [(stmt, name) for name, assigned in ctx.assignments.items() if "." in name
+                for stmt, value in assigned if isinstance(stmt, ast.Assign) and _new_module(ctx, value)]
+    if not resizes and not replaced:
+        return
+    sites: list[tuple[ast.AST, str]] = [
+        (r, ctx.dotted(r.func.value, resolve=False) or "") for r in resizes if isinstance(r.func, ast.Attribute)]
+    sites = sorted(sites + replaced, key=lambda x: getattr(x[0], "lineno", 0))
+    for call in builds:
+        function = ctx.enclosing_function(call)
+        owners: set[str] | None = None
+        for site, target in sites:
+            if getattr(site, "lineno", 0) <= call.lineno or ctx.enclosing_function(site) is not function \
+                    or _exclusive(ctx, call, site):
+                continue
+            owners = _parameter_owners(ctx, _params_arg(call)) if owners is None else owners
+            owner = next((o for o in owners if target and _related(target, o)), None)
+            if owner is None or _later_rebuild(ctx, builds, site, function):
+                continue
+            what = "resizes the embeddings" if isinstance(site, ast.Call) else f"replaces `{target}`"
+            yield ctx.finding(rule_, site, f"this {what} after the optimizer was built over `{owner}`'s "
+                              f"parameters (line {call.lineno}): the new parameters are not in the optimizer and "
+                              "never train; do it before building the optimizer")
+            break
 
 
 def _submodule_only(rule_: Rule, ctx: FileContext, call: ast.Call) -> Iterator[Finding]:
@@ -513,7 +684,8 @@ def _submodule_only(rule_: Rule, ctx: FileContext, call: ast.Call) -> Iterator[F
             and params.func.attr == "parameters" and not params.args):
         return
     sub = ctx.dotted(params.func.value, resolve=False)
-    if not sub or "." not in sub or _freezes(ctx, frozen=True) or ctx.method_calls("detach"):
+    if not sub or "." not in sub or _freezes(ctx, frozen=True) \
+            or any(ctx.in_forward(d) for d in ctx.method_calls("detach")):
         return
     for train in ctx.method_calls("train"):
         model = ctx.dotted(train.func.value, resolve=False) if isinstance(train.func, ast.Attribute) else None
@@ -534,13 +706,12 @@ def _runs_whole(ctx: FileContext, model: str) -> bool:
                 (ctx.call_name(i.context_expr) if isinstance(i.context_expr, ast.Call) else "") in (
                     "torch.no_grad", "torch.inference_mode") for i in with_.items):
             return False
-    for loop in ctx.training_loops:
-        for part in _reach(ctx, loop):
-            for node in ast.walk(part):
-                if isinstance(node, ast.Call) and ctx.dotted(node.func, resolve=False) == model \
-                        and ctx.in_with(node, "no_grad", "inference_mode") is None:
-                    return True
-    return False
+    calls = [c for c in ctx.method_calls(model.rsplit(".", 1)[-1]) if ctx.dotted(c.func, resolve=False) == model
+             and ctx.in_with(c, "no_grad", "inference_mode") is None]
+    if not calls:
+        return False
+    links = _links(ctx)
+    return any(_within(ctx, c, _reach(ctx, loop, links)) for loop in ctx.training_loops for c in calls)
 
 
 @rule(
@@ -556,21 +727,28 @@ def _runs_whole(ctx: FileContext, model: str) -> bool:
         "scheduler = CosineAnnealingLR(optimizer, T_max=steps)",
 )
 def scheduler_not_bound(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
-    schedulers = [c for name, calls in ctx.calls_by_name.items()
-                  if "lr_scheduler" in name or (name.startswith("transformers.") and "schedule" in name)
-                  for c in calls]
+    schedulers = [c for name, calls in ctx.calls_by_name.items() if _is_scheduler_name(name) for c in calls]
     if not schedulers:
         return
+    links = _links(ctx) if ctx.training_loops else []
+    reached = {id(part) for loop in ctx.training_loops for part in _reach(ctx, loop, links)}
     stepped: list[ast.expr | None] = []
     for step in _optimizer_steps(ctx):
-        if ctx.in_training_loop(step) is not None or _reached_from_training(ctx, step):
+        function = ctx.enclosing_function(step)
+        if ctx.in_training_loop(step) is not None or (function is not None and id(function) in reached):
             stepped.append(_value_of(ctx, _stepped_optimizer(ctx, step)))
     for sched in schedulers:
-        bound = sched.args[0] if sched.args else keyword(sched, "optimizer")
+        bound = _scheduled_optimizer(ctx, sched)
         if bound is None:
             continue
+        rebuilt = _rebuilt_after(ctx, sched, bound)
+        if rebuilt is not None:
+            yield ctx.finding(rule_, sched, f"`{_label(ctx, bound)}` is rebuilt on line {rebuilt.lineno} but the "
+                              "scheduler keeps driving the old optimizer: build a new scheduler on the new "
+                              "optimizer, or the LR of the stepped one never changes")
+            continue
         if _optimizer_class(ctx, bound):
-            yield ctx.finding(rule_, sched, f"the scheduler is built on a fresh `{ctx.segment(bound.func)}(...)`, "
+            yield ctx.finding(rule_, sched, f"the scheduler is built on a fresh `{_code(bound.func)}(...)`, "
                               "not on the optimizer the loop steps: pass that optimizer, or the LR never changes")
             continue
         value = _value_of(ctx, bound)
@@ -583,25 +761,52 @@ def scheduler_not_bound(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
                               "scheduler on the optimizer you step (after any rebuild)")
 
 
-def _reached_from_training(ctx: FileContext, node: ast.AST) -> bool:
-    function = ctx.enclosing_function(node)
-    return function is not None and any(
-        function is part for loop in ctx.training_loops for part in _reach(ctx, loop))
+def _rebuilt_after(ctx: FileContext, sched: ast.Call, bound: ast.expr) -> ast.AST | None:
+    """The statement that rebuilds the optimizer ``bound`` names after ``sched`` was built on it, when the
+    scheduler itself is not rebuilt after that (same function; for ``self.x``, same class)."""
+    name = ctx.dotted(bound, resolve=False) if isinstance(bound, (ast.Name, ast.Attribute)) else None
+    holder = ctx.parent(sched)
+    sched_name = ctx.dotted(holder.targets[0], resolve=False) \
+        if isinstance(holder, ast.Assign) and len(holder.targets) == 1 else None
+    if not name or not sched_name:
+        return None
+    function = ctx.enclosing_function(sched)
+    cls = ctx.enclosing_class(sched) if name.startswith("self.") else None
+
+    def same_scope(node: ast.AST) -> bool:
+        if cls is not None:
+            return ctx.enclosing_class(node) is cls
+        return ctx.enclosing_function(node) is function
+
+    for stmt, value in ctx.assignments.get(name, ()):
+        if not _optimizer_class(ctx, value) or not same_scope(stmt) or stmt is holder \
+                or _exclusive(ctx, sched, stmt):
+            continue
+        if cls is None and getattr(stmt, "lineno", 0) <= sched.lineno:
+            continue
+        if cls is not None and ctx.enclosing_function(stmt) is function and stmt.lineno <= sched.lineno:
+            continue
+        scope = ctx.enclosing_function(stmt)
+        if not any(ctx.enclosing_function(s) is scope and s.lineno > stmt.lineno  # type: ignore[attr-defined]
+                   and not _exclusive(ctx, s, stmt) for s, _ in ctx.assignments.get(sched_name, ())):
+            return stmt
+    return None
 
 
 @rule(
     "OPT006", "optimizer-without-fused-kernel", "optimizer",
-    what="A CUDA trainer builds `torch.optim.Adam`/`AdamW` without `fused=True` (or forces the per-parameter "
-         "loop with `foreach=False`).",
-    why="The default on CUDA is the `foreach` implementation: a few multi-tensor kernels per update step. "
-        "`fused=True` does the whole Adam/AdamW update in a single kernel and is usually the fastest option "
-        "(and supports GradScaler and bf16). `foreach=False` falls back to a Python loop with several kernel "
-        "launches per parameter, which dominates step time for models with many small tensors.",
+    what="A CUDA trainer builds `torch.optim.Adam`/`AdamW` without `fused=True`, or forces the per-parameter "
+         "loop with `foreach=False` (any of Adam, AdamW, SGD).",
+    why="Left to its default, PyTorch uses the `foreach` implementation on CUDA when it can: a few multi-tensor "
+        "kernels per update step. `fused=True` does the whole Adam/AdamW update in a single kernel and is "
+        "usually the fastest option (it supports GradScaler and bf16). Plain SGD already takes the multi-tensor "
+        "path by default on CUDA, so it is left alone. `foreach=False` falls back to a Python loop with several kernel launches "
+        "per parameter, which dominates step time for models with many small tensors.",
     bad="optimizer = torch.optim.AdamW(groups, lr=3e-4)",
     fix="optimizer = torch.optim.AdamW(groups, lr=3e-4, fused=True)",
 )
 def optimizer_without_fused(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
-    if not ctx.uses_cuda or not ctx.is_trainer:
+    if not ctx.is_trainer or not ctx.uses_cuda:
         return
     for call in _optimizer_builds(ctx):
         cls = _optimizer_class(ctx, call)
@@ -616,6 +821,7 @@ def optimizer_without_fused(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
             yield ctx.finding(rule_, call, f"`{cls}(..., foreach=False)` on CUDA runs a Python loop with "
                               f"several kernel launches per parameter: use {better}")
         elif foreach is None and cls != "SGD":
+            # SGD's default on CUDA is already the multi-tensor path: nothing to gain by flagging it
             yield ctx.finding(rule_, call, f"`{cls}` on CUDA without `fused=True`: the default foreach "
                               "implementation launches several kernels per step where the fused one launches "
-                              f"one; pass `fused=True`")
+                              "one; pass `fused=True`")

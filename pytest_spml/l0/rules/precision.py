@@ -20,6 +20,10 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _LOW_PRECISION = re.compile(r"float16|\bbf16|\bfp16|mixed_precision")
 _FP16_MENTION = re.compile(r"(?<!b)float16|torch\.half\b|\.half\(|\bfp16\b")
 _MASTER_FP32 = re.compile(r"float32|torch\.float\b")
+# cuDNN convolutions use TF32 by default (cudnn.allow_tf32 is True): only matmuls need the switch.
+_CONV = re.compile(r"\bConv(?:Transpose)?[123]d\b")
+_MATMUL = re.compile(r"\bLinear\b|\bmatmul\b|\bbmm\b|\bmm\(|einsum|Transformer|Attention|scaled_dot_product|"
+                     r"Embedding|\bAutoModel|from_pretrained|\bmodels\.|\btimm\b|\bGRU\b|\bLSTM\b|\bRNN\b")
 
 
 def _dtype_kind(ctx: FileContext, expr: ast.expr) -> str | None:
@@ -65,8 +69,8 @@ def _scaled(ctx: FileContext) -> bool:
     if ctx.method_calls("scale") or ctx.method_calls("unscale_"):
         return True
     # accelerator.backward(loss), engine.backward(loss): Accelerate and DeepSpeed scale fp16 losses themselves
-    return any(call.args and isinstance(call.func, ast.Attribute) and not (ctx.call_name(call) or "").startswith("torch.")
-               for call in ctx.method_calls("backward"))
+    return any(call.args and isinstance(call.func, ast.Attribute)
+               and not (ctx.call_name(call) or "").startswith("torch.") for call in ctx.method_calls("backward"))
 
 
 def _evaluating(ctx: FileContext, node: ast.AST) -> bool:
@@ -109,15 +113,17 @@ def fp16_without_scaler(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
     "PRC002", "grad-scaler-with-bf16", "precision",
     what="A GradScaler in a file whose autocast is bfloat16 only.",
     why="bfloat16 keeps fp32's 8-bit exponent, so gradients do not underflow and loss scaling buys nothing. "
-        "The scaler still costs an unscale pass and an inf/NaN check (a host sync) every step, skips steps "
-        "for no reason, and tells readers the run is fp16.",
+        "The scaler still costs an unscale pass and an inf/NaN check (a host sync) every step, turns real "
+        "inf/NaN gradients into silently skipped steps instead of a visible failure, and tells readers the run "
+        "is fp16.",
     bad='scaler = torch.amp.GradScaler("cuda")\nwith torch.autocast("cuda", dtype=torch.bfloat16):\n'
         '    loss = loss_fn(model(x), y)\nscaler.scale(loss).backward()',
     fix='with torch.autocast("cuda", dtype=torch.bfloat16):\n    loss = loss_fn(model(x), y)\nloss.backward()\n'
         'optimizer.step()\n# a scaler that follows a dtype switch is fine: GradScaler(enabled=(dtype == "float16"))',
 )
 def scaler_with_bf16(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
-    scalers = [c for name, calls in ctx.calls_by_name.items() if name.startswith("torch.") and name.endswith("GradScaler")
+    scalers = [c for name, calls in ctx.calls_by_name.items()
+               if name.startswith("torch.") and name.endswith("GradScaler")
                for c in calls if keyword(c, "enabled") is None or constant(keyword(c, "enabled")) is True]
     if not scalers:
         return
@@ -132,7 +138,8 @@ def scaler_with_bf16(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
 def _fp16_casts(ctx: FileContext) -> list[ast.Call]:
     casts = [c for c in ctx.method_calls("half") if isinstance(c.func, ast.Attribute) and not c.args]
     for call in ctx.method_calls("to"):
-        if any(_dtype_kind(ctx, a) == "fp16" for a in [*call.args, *(k.value for k in call.keywords if k.arg == "dtype")]):
+        dtypes = [*call.args, *(k.value for k in call.keywords if k.arg == "dtype")]
+        if any(_dtype_kind(ctx, a) == "fp16" for a in dtypes):
             casts.append(call)
     return casts
 
@@ -211,10 +218,11 @@ def _autocast_block(ctx: FileContext, node: ast.AST) -> ast.With | ast.AsyncWith
 @rule(
     "PRC004", "backward-inside-autocast", "precision",
     what="`.backward()` is called inside a `with autocast(...)` block.",
-    why="Autocast is meant for the forward pass and the loss only. Backward ops already run in the dtype their "
-        "forward ops chose; running backward under autocast re-enters the cast cache, can recast saved tensors "
-        "and costs memory and time, and PyTorch's AMP docs say explicitly that backward passes under autocast "
-        "are not recommended.",
+    why="PyTorch's AMP docs: autocast should wrap only the forward pass and the loss computation; backward "
+        "passes under autocast are not recommended. Backward ops already run in the dtype autocast chose for "
+        "the matching forward ops, so the wider block gains nothing, and the matmuls of whatever else runs in "
+        "it (a gradient penalty, `create_graph=True` double backward, custom backward code) are cast to low "
+        "precision without anyone having chosen that.",
     bad='with torch.autocast("cuda", dtype=torch.bfloat16):\n    loss = loss_fn(model(x), y)\n    loss.backward()',
     fix='with torch.autocast("cuda", dtype=torch.bfloat16):\n    loss = loss_fn(model(x), y)\nloss.backward()',
 )
@@ -226,6 +234,21 @@ def backward_in_autocast(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
         if block is not None:
             yield ctx.finding(rule_, call, f"`.backward()` runs inside the autocast block of line {block.lineno}: "
                               "dedent it so only the forward pass and the loss are autocast")
+
+
+def _has_optimizer(ctx: FileContext) -> bool:
+    """An optimizer is built here, or stepped under an optimizer-like name: the file really trains weights."""
+    if optimized_modules(ctx):
+        return True
+    return any(isinstance(c.func, ast.Attribute) and "opt" in (ctx.dotted(c.func.value, resolve=False) or "").lower()
+               for c in ctx.method_calls("step"))
+
+
+def _conv_only(ctx: FileContext) -> bool:
+    """The file's own networks are convolutions only (DCGAN-style): TF32 is already on for them."""
+    if not _CONV.search(ctx.source) or _MATMUL.search(ctx.source):
+        return False
+    return not any(isinstance(b.op, ast.MatMult) for b in ctx.binops)
 
 
 def _tf32_set(ctx: FileContext) -> bool:
@@ -242,19 +265,20 @@ def _tf32_set(ctx: FileContext) -> bool:
     why="Since PyTorch 1.12 fp32 matmuls do not use TF32 by default. On Ampere and newer GPUs that leaves the "
         "tensor cores idle: an A100 does 19.5 TFLOP/s in fp32 against 156 in TF32 (H100 SXM: 67 against ~495), "
         "so matmul-bound training runs several times slower for precision that training does not need. "
-        "Quiet when autocast or a bf16/fp16 dtype is used (the matmuls are not fp32 then), or when the file "
-        "sets `allow_tf32` / `set_float32_matmul_precision` either way.",
-    bad='device = "cuda"\nmodel = Net().to(device)\nfor x, y in loader:\n    loss = loss_fn(model(x.to(device)), y.to(device))\n'
-        '    loss.backward()',
+        "Quiet when autocast or a bf16/fp16 dtype is used (the matmuls are not fp32 then), when the file "
+        "sets `allow_tf32` / `set_float32_matmul_precision` either way, and for visibly convolution-only "
+        "networks (cuDNN convolutions already default to TF32 through `torch.backends.cudnn.allow_tf32`).",
+    bad='device = "cuda"\nmodel = Net().to(device)\nfor x, y in loader:\n'
+        '    loss = loss_fn(model(x.to(device)), y.to(device))\n    loss.backward()',
     fix='torch.backends.cuda.matmul.allow_tf32 = True      # or torch.set_float32_matmul_precision("high")\n'
         'torch.backends.cudnn.allow_tf32 = True\n'
         '# or: with torch.autocast("cuda", dtype=torch.bfloat16): ...',
 )
 def fp32_without_tf32(rule_: Rule, ctx: FileContext) -> Iterator[Finding]:
-    if not (ctx.is_trainer and ctx.uses_cuda):
+    if not (ctx.is_trainer and ctx.uses_cuda and _has_optimizer(ctx)):
         return
     if ctx.method_calls("autocast") or ctx.method_calls("half") or ctx.method_calls("bfloat16") or _tf32_set(ctx) \
-            or _LOW_PRECISION.search(ctx.source):
+            or _LOW_PRECISION.search(ctx.source) or _conv_only(ctx):
         return
     yield ctx.file_finding(rule_, "CUDA training in full fp32 with TF32 off: Ampere+ tensor cores sit idle; set "
                            "`torch.backends.cuda.matmul.allow_tf32 = True` (or "

@@ -86,7 +86,7 @@ def main():
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
 
-    model = TransformerLM(args.vocab_size).cuda()  # expect: DEV001, DEV003
+    model = TransformerLM(args.vocab_size).cuda()  # expect: DEV001
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     model = DDP(model, device_ids=[local_rank])
@@ -115,7 +115,8 @@ def main():
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         for x, y in train_loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # the model went to the current device (cuda:0) before set_device: every rank but 0 mismatches
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # expect: DEV003
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = model(x)
                 loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())

@@ -2,7 +2,7 @@
 
 L0 corpus file: a realistic script with the mistakes such scripts have in the wild.
 """
-# expect-file: OBS002, OBS003, PRC005, ADV011
+# expect-file: OBS003, PRC005, ADV011
 import argparse
 import logging
 import math
@@ -56,7 +56,7 @@ def main():
 
     train_dataloader = DataLoader(  # expect: DAT001, DAT002
         train_dataset, shuffle=True, collate_fn=data_collator, batch_size=args.per_device_train_batch_size)
-    eval_dataloader = DataLoader(  # expect: DAT001, DAT002
+    eval_dataloader = DataLoader(  # expect: DAT002
         eval_dataset, collate_fn=data_collator, batch_size=args.per_device_eval_batch_size)
 
     no_decay = ["bias", "LayerNorm.weight"]

@@ -32,6 +32,7 @@ parser.add_argument("-p", "--print-freq", default=10, type=int)
 parser.add_argument("--resume", default="", type=str)
 parser.add_argument("--seed", default=None, type=int)
 parser.add_argument("--gpu", default=0, type=int)
+parser.add_argument("--mixup", default=0.0, type=float, help="mixup alpha (0: off)")
 
 
 class AverageMeter:
@@ -62,7 +63,7 @@ def main():
     model = model.cuda(args.gpu)  # expect: DEV001
 
     criterion = nn.CrossEntropyLoss().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,  # expect: OPT003, OPT006
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,  # expect: OPT003
                                 weight_decay=args.weight_decay)
     scheduler = StepLR(optimizer, step_size=30, gamma=0.1)
 
@@ -124,8 +125,15 @@ def train(train_loader, model, criterion, optimizer, epoch, device, args):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
 
-        output = model(images)
-        loss = criterion(output, target)
+        if args.mixup > 0:
+            lam = random.betavariate(args.mixup, args.mixup)
+            index = torch.randperm(images.size(0))  # expect: DEV002
+            images = lam * images + (1 - lam) * images[index]
+            output = model(images)
+            loss = lam * criterion(output, target) + (1 - lam) * criterion(output, target[index])
+        else:
+            output = model(images)
+            loss = criterion(output, target)
 
         acc1 = accuracy(output, target, topk=(1,))[0]
         losses.update(loss.item(), images.size(0))  # expect: ADV003

@@ -69,7 +69,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, n_head, C // n_head).transpose(1, 2)
         q = q.view(B, T, n_head, C // n_head).transpose(1, 2)
         v = v.view(B, T, n_head, C // n_head).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) / torch.sqrt(torch.tensor(k.size(-1), dtype=torch.float32))  # expect: DEV002
+        # a 0-d CPU tensor combines with CUDA tensors like a number: not a DEV002
+        att = (q @ k.transpose(-2, -1)) / torch.sqrt(torch.tensor(k.size(-1), dtype=torch.float32))
         att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
         att = F.softmax(att, dim=-1)  # expect: ATT001
         att = self.attn_dropout(att)
