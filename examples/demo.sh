@@ -39,6 +39,15 @@ step "3. Plan gate: a plan without its [INTEGRATION] subtask is refused"
 sed 's/\[INTEGRATION\]//' docs/plans/*.md > "$work/broken-plan.md"
 expect 1 spml plan-gate "$work/broken-plan.md"
 
+step "3b. L0 static checks: the training code is clean, a careless edit is not"
+expect 0 spml l0 train.py model.py eval/ data/
+cp train.py "$work/train-careless.py"
+sed -i 's/x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)/x, y = x.cuda(), y.cuda()/' "$work/train-careless.py"
+sed -i 's/optimizer.zero_grad(set_to_none=True)/pass  # (zero_grad removed)/' "$work/train-careless.py"
+expect 1 spml l0 "$work/train-careless.py"
+echo "spml l0 --explain OPT001 tells why and how to fix it:"
+spml l0 --explain OPT001 | head -4
+
 step "4. A legitimate round: Variable files change, run outputs appear"
 sed -i 's/hidden_size: 64/hidden_size: 128/' configs/train.yaml
 printf '\n# rounds may change the model\n' >> model.py
