@@ -244,7 +244,7 @@ def _protocol_results(path: Path, root: Path, base: str | None) -> list[CheckRes
     from .protocol import load_protocol
 
     try:
-        protocol = load_protocol(path, root)
+        load_protocol(path, root)
     except InputError as exc:
         return [CheckResult("PR001", Status.FAIL, exc.message, path=str(path), line=exc.line, name="protocol valid")]
     results = [CheckResult("PR001", Status.PASS, "protocol fields present and valid", path=str(path), name="protocol valid")]

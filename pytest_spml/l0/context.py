@@ -197,6 +197,22 @@ class FileContext:
             candidates = [(s, v) for s, v in candidates if getattr(s, "lineno", 0) <= line] or candidates
         return candidates[-1][1] if candidates else None
 
+    def assigned_in_scope_before(self, name: str, use: ast.AST, function: FunctionNode | None) -> ast.expr | None:
+        """The value last assigned to ``name`` in ``function`` (None: module level) before ``use``.
+
+        Stricter than :meth:`last_assignment`: never an assignment after the use,
+        in another function, or the statement that contains the use itself.
+        """
+        line = getattr(use, "lineno", 0)
+        best: tuple[int, ast.expr] | None = None
+        for stmt, value in self.assignments.get(name, ()):
+            stmt_line = getattr(stmt, "lineno", 0)
+            if stmt_line > line or self.enclosing_function(stmt) is not function or self.inside(use, stmt):
+                continue
+            if best is None or stmt_line >= best[0]:
+                best = (stmt_line, value)
+        return best[1] if best else None
+
     def resolve(self, expr: ast.expr | None, depth: int = 0) -> ast.expr | None:
         """Follow a name through simple assignments and same-file function returns.
 

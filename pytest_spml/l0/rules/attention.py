@@ -35,17 +35,6 @@ def _code(node: ast.AST) -> str:
 
 # ---------------------------------------------------------------------------------------------- local names
 
-def _assigned_before(ctx: FileContext, name: str, use: ast.AST, function: FunctionNode | None) -> ast.expr | None:
-    """The value last assigned to ``name`` in ``function`` (None: module level) before ``use``."""
-    line = getattr(use, "lineno", 0)
-    best: tuple[int, ast.expr] | None = None
-    for stmt, value in ctx.assignments.get(name, ()):
-        stmt_line = getattr(stmt, "lineno", 0)
-        if stmt_line > line or ctx.enclosing_function(stmt) is not function or ctx.inside(use, stmt):
-            continue
-        if best is None or stmt_line >= best[0]:
-            best = (stmt_line, value)
-    return best[1] if best else None
 
 
 def _is_matmul(ctx: FileContext, node: ast.AST) -> list[ast.expr] | None:
@@ -76,7 +65,7 @@ def _contains(ctx: FileContext, expr: ast.expr, test: Callable[[ast.AST], bool],
         if test(node):
             return True
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            value = _assigned_before(ctx, node.id, node, function)
+            value = ctx.assigned_in_scope_before(node.id, node, function)
             if value is not None and _contains(ctx, value, test, function, depth + 1, seen):
                 return True
     return False
@@ -320,9 +309,9 @@ def _causal(ctx: FileContext, expr: ast.expr | None, depth: int = 0) -> bool:
         return False
     if isinstance(expr, ast.Name):
         function = ctx.enclosing_function(expr)
-        value = _assigned_before(ctx, expr.id, expr, function)
+        value = ctx.assigned_in_scope_before(expr.id, expr, function)
         if value is None and function is not None and not _is_parameter(function, expr.id):
-            value = _assigned_before(ctx, expr.id, expr, None)  # a module-level mask
+            value = ctx.assigned_in_scope_before(expr.id, expr, None)  # a module-level mask
         return _causal(ctx, value, depth + 1)
     if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "self":
         return _causal(ctx, _buffer_value(ctx, expr), depth + 1)

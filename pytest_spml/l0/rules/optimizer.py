@@ -52,7 +52,7 @@ def _value_of(ctx: FileContext, expr: ast.expr | None, depth: int = 0) -> ast.ex
         function = ctx.enclosing_function(expr)
         if function is not None and expr.id in _params_of(function):
             return expr
-        value = _assigned_before(ctx, expr.id, expr, function)
+        value = ctx.assigned_in_scope_before(expr.id, expr, function)
         if value is None and function is not None:
             module_level = [v for s, v in ctx.assignments.get(expr.id, ()) if ctx.enclosing_function(s) is None]
             value = module_level[0] if len(module_level) == 1 else None
@@ -60,7 +60,7 @@ def _value_of(ctx: FileContext, expr: ast.expr | None, depth: int = 0) -> ast.ex
         cls = ctx.enclosing_class(expr)
         name = f"self.{expr.attr}"
         same_class = [(s, v) for s, v in ctx.assignments.get(name, ()) if ctx.enclosing_class(s) is cls]
-        value = _assigned_before(ctx, name, expr, ctx.enclosing_function(expr))
+        value = ctx.assigned_in_scope_before(name, expr, ctx.enclosing_function(expr))
         if value is None and len(same_class) == 1:
             value = same_class[0][1]
     elif isinstance(expr, ast.Call):
@@ -72,16 +72,6 @@ def _value_of(ctx: FileContext, expr: ast.expr | None, depth: int = 0) -> ast.ex
     return _value_of(ctx, value, depth + 1)
 
 
-def _assigned_before(ctx: FileContext, name: str, use: ast.AST, function: FunctionNode | None) -> ast.expr | None:
-    line = getattr(use, "lineno", 0)
-    best: tuple[int, ast.expr] | None = None
-    for stmt, value in ctx.assignments.get(name, ()):
-        stmt_line = getattr(stmt, "lineno", 0)
-        if stmt_line > line or ctx.enclosing_function(stmt) is not function or ctx.inside(use, stmt):
-            continue
-        if best is None or stmt_line >= best[0]:
-            best = (stmt_line, value)
-    return best[1] if best else None
 
 
 def _local_function(ctx: FileContext, call: ast.Call) -> FunctionNode | None:
