@@ -17,6 +17,8 @@ COMMANDS = {
     "fixed-files": "fixed_files",
     "init": "init",
     "l0": "l0",
+    "conclude": "conclude",
+    "handoff": "handoff",
 }
 
 

@@ -56,6 +56,7 @@ class Settings:
 
 
 settings_key = pytest.StashKey[Settings]()
+l1_report_key = pytest.StashKey[Any]()
 gates_key = pytest.StashKey[dict]()
 
 
@@ -82,6 +83,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="training-code globs checked by L0 static checks, one test item per file")
     parser.addini("spml_fixed_files_base", default="",
                   help="when set (e.g. origin/main), also gate Fixed-file compliance against this revision")
+    parser.addini("spml_l1_pipeline", default="",
+                  help="module:attribute of your L1Pipeline (class or instance); instead of a spml_pipeline fixture")
     parser.addini("spml_l1_minutes", default="5", help="L1 training time budget in minutes (default 5)")
     parser.addini("spml_l1_steps", default="", help="L1 training step limit")
     parser.addini("spml_l1_device", default="auto", help="device for L1 (default auto)")
@@ -338,6 +341,28 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         for item in items:
             if item.get_closest_marker("spml_l1"):
                 item.add_marker(skip)
+    if str(config.getini("spml_l1_pipeline")).strip() and not any(
+            "spml_l1_report" in getattr(item, "fixturenames", ()) for item in items):
+        items.extend(_l1_items(session, skip))
+
+
+def _l1_items(session: pytest.Session, skip: Any) -> list[pytest.Item]:
+    """With `spml_l1_pipeline` in the ini file, the L1 checks need no test module of their own."""
+    from .l1.pytest_support import CHECK_IDS, report_check
+
+    def make(check_id: str) -> Any:
+        def test_spml_l1(spml_l1_report: Any, request: pytest.FixtureRequest) -> None:
+            report_check(spml_l1_report, check_id, request.node)
+        return test_spml_l1
+
+    items = []
+    for check_id in CHECK_IDS:
+        item = pytest.Function.from_parent(session, name=f"spml-l1[{check_id}]", callobj=make(check_id))
+        item.add_marker(pytest.mark.spml_l1)
+        if skip is not None:
+            item.add_marker(skip)
+        items.append(item)
+    return items
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -360,6 +385,58 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 
 
 # ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def spml_pipeline(pytestconfig: pytest.Config) -> Any:
+    """Your L1Pipeline: override this fixture in conftest.py, or name it with the spml_l1_pipeline ini key."""
+    import importlib
+
+    target = str(pytestconfig.getini("spml_l1_pipeline")).strip()
+    if not target:
+        pytest.fail("L1 needs your pipeline: define a session fixture `spml_pipeline` in conftest.py returning an "
+                    "L1Pipeline, or set spml_l1_pipeline = package.module:Class in the pytest ini", pytrace=False)
+    module_name, _, attr = target.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr or "Pipeline")
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(f"spml_l1_pipeline = {target}: cannot import it ({exc}); use package.module:Class", pytrace=False)
+    return obj() if isinstance(obj, type) else obj
+
+
+@pytest.fixture(scope="session")
+def spml_l1_report(pytestconfig: pytest.Config, spml_pipeline: Any) -> Any:
+    """The L1 run (once per session): bounded training plus every pipeline probe, judged."""
+    settings = pytestconfig.stash[settings_key]
+    if not settings.l1:
+        pytest.skip("L1 runtime validation is off: run pytest --spml-l1 to train the pipeline")
+    reason = torch_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    from .l1.report_file import write_report
+    from .l1.runner import L1Settings, run_l1
+    from .l1.thresholds import load_thresholds
+
+    l1_settings = L1Settings(minutes=settings.l1_minutes, steps=settings.l1_steps, device=settings.device,
+                             peak_flops=settings.peak_flops, thresholds=load_thresholds(pytestconfig.rootpath))
+    report = run_l1(spml_pipeline, l1_settings)
+    path = Path(settings.report) if settings.report else pytestconfig.rootpath / ".spml" / "l1-report.json"
+    write_report(report, path if path.is_absolute() else pytestconfig.rootpath / path)
+    pytestconfig.stash[l1_report_key] = (report, path)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    found = config.stash.get(l1_report_key, None)
+    if found is None:
+        return
+    from .l1.report_file import summary_lines
+
+    report, path = found
+    terminalreporter.section("spml L1 runtime validation")
+    for line in summary_lines(report):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"report: {path}")
 
 
 @pytest.fixture(scope="session")
