@@ -238,14 +238,19 @@ def train_bounded(pipeline: L1Pipeline, state: TrainState, settings: L1Settings,
     try:
         # Step 1 is counted by FlopCounterMode (its overhead makes it a warm-up step anyway).
         batch = next(batches)
+        box: dict[str, Any] = {}
+
+        def first_step() -> None:
+            box["loss"] = pipeline.train_step(state, batch)
+
         try:
-            counted = flop_tools.count_flops(pipeline.train_step, state, batch)
-            loss = counted.result
+            counted = flop_tools.count_flops(first_step)
+            loss = box["loss"]
             trace.flops_per_step = float(counted.total) if counted.total else None
             trace.flops_uncounted = list(counted.uncounted)
         except Exception as exc:  # noqa: BLE001 - a pipeline FlopCounterMode cannot follow still trains
             trace.flops_error = f"{type(exc).__name__}: {exc}"
-            loss = pipeline.train_step(state, batch)
+            loss = box["loss"] if "loss" in box else pipeline.train_step(state, batch)
         state.step += 1
         _sync(device)
         trace.step_times.append(time.perf_counter() - started)
