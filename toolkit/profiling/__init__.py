@@ -31,15 +31,15 @@ API (module: signature):
   peak_rss_bytes, rss_reason)``.
 * ``tca``:
   ``measure_tca(workload=None, *, duration_s=1.0, gpu_index=0, nvml=None,
-  dcgmi="dcgmi", interval_ms=100, samplers=None) -> TcaResult(value, source,
-  reason, samples)``; ``DcgmSampler``; ``NvmlGpmSampler(nvml=None)``;
+  dcgmi="dcgmi", interval_ms=100, samplers=None, device_index=None) ->
+  TcaResult(value, source, reason, samples)``; ``DcgmSampler``; ``NvmlGpmSampler(nvml=None)``;
   ``parse_dcgmi_dmon(text, gpu_index=None) -> list[float]``.
 * ``gap``:
   ``tca_mfu_gap(tca, mfu, ...) -> GapReport(tca, mfu, gap, efficiency,
-  verdict, explanation, causes)``.
+  verdict, explanation, causes; summary)``.
 * ``layers``:
   ``layer_timing(model, inputs, loss_fn=None, steps=3, *, warmup=1,
-  leaf_only=True, event_factory=None) -> list[LayerTime(name, type,
+  leaf_only=True, device=None, event_factory=None) -> list[LayerTime(name, type,
   forward_s, backward_s, calls; total_s)]``.
 """
 

@@ -62,6 +62,11 @@ class GapReport:
     explanation: str
     causes: tuple[str, ...] = ()
 
+    @property
+    def summary(self) -> str:
+        """One line: ``verdict: explanation``."""
+        return f"{self.verdict}: {self.explanation}"
+
 
 def _bad(name: str, value: float | None, upper: float) -> str | None:
     if value is None:

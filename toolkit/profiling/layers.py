@@ -86,6 +86,7 @@ def layer_timing(
     *,
     warmup: int = 1,
     leaf_only: bool = True,
+    device: Any = None,
     event_factory: Callable[[], EventLike] | None = None,
 ) -> list[LayerTime]:
     """Time every leaf module of ``model`` over ``steps`` forward+backward steps.
@@ -94,14 +95,16 @@ def layer_timing(
     positional arguments. ``loss_fn(output) -> scalar``; default: the sum of
     all output tensors requiring grad. ``warmup`` untimed steps run first
     (allocator growth, autotuning). ``leaf_only=False`` also reports
-    containers (their spans include their children). ``event_factory``
+    containers (their spans include their children). ``device`` picks the
+    clock (default: the device of the first parameter); ``event_factory``
     replaces ``torch.cuda.Event`` (tests). Returns one :class:`LayerTime`
     per module, slowest total first.
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
-    params = list(model.parameters())
-    device = params[0].device if params else None
+    if device is None:
+        params = list(model.parameters())
+        device = params[0].device if params else None
     clock, _ = make_clock(device, event_factory)
     last: list[Any] = [None]
 

@@ -317,6 +317,7 @@ def measure_tca(
     dcgmi: str = "dcgmi",
     interval_ms: int = 100,
     samplers: Sequence[Sampler] | None = None,
+    device_index: int | None = None,
 ) -> TcaResult:
     """Tensor-core activity while ``workload`` runs: DCGM, then NVML GPM, else None.
 
@@ -326,8 +327,12 @@ def measure_tca(
     ``loss.item()``), otherwise the samples lag the host loop. A sampler that
     is unavailable or fails is skipped with its reason; exceptions from
     ``workload`` itself propagate. The result never carries a made-up value.
-    ``samplers`` overrides the order.
+    ``samplers`` overrides the order. ``device_index`` is an alias of
+    ``gpu_index``. Without a workload the window just elapses, so the value
+    reflects whatever else ran on the GPU then (an idle GPU reads ~0).
     """
+    if device_index is not None:
+        gpu_index = device_index
     if samplers is None:
         samplers = [
             DcgmSampler(gpu_index=gpu_index, interval_ms=interval_ms, executable=dcgmi),
@@ -354,9 +359,12 @@ def measure_tca(
         finally:
             sampler.close()
         if result.value is not None:
-            if reasons:
+            notes = list(reasons)
+            if workload is None:
+                notes.append("no workload given: sampled whatever ran on the GPU during the window")
+            if notes:
                 result = TcaResult(
-                    result.value, result.source, f"{result.reason} (after: {'; '.join(reasons)})", result.samples
+                    result.value, result.source, f"{result.reason} ({'; '.join(notes)})", result.samples
                 )
             return result
         reasons.append(f"{sampler.source}: {result.reason}")
