@@ -75,6 +75,7 @@ class TrainingTrace:
     not_in_optimizer: list[str] = field(default_factory=list)
     drift: dict[str, float] = field(default_factory=dict)
     has_scheduler: bool = False
+    matmul_dtypes: list[str] = field(default_factory=list)
     stopped_by: str = ""
     error: str | None = None
 
@@ -123,7 +124,7 @@ def resolve_device(name: str) -> "torch.device":
     return device
 
 
-def describe_device(device: "torch.device", peak_override: float | None) -> dict[str, Any]:
+def describe_device(device: "torch.device", peak_override: float | None, dtype: str = "bf16") -> dict[str, Any]:
     import torch
 
     from ..toolkit.profiling import peak_flops
@@ -131,7 +132,8 @@ def describe_device(device: "torch.device", peak_override: float | None) -> dict
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak, reason = (peak_override, "given with --spml-peak-flops") if peak_override else \
-            peak_flops.peak_flops(name, "bf16")
+            peak_flops.peak_flops(name, dtype)
+        reason = f"{reason} (dense {dtype} peak: the precision the step's matmuls ran in)"
     else:
         import platform
 
@@ -142,6 +144,38 @@ def describe_device(device: "torch.device", peak_override: float | None) -> dict
 
 
 # --------------------------------------------------------------------------- training
+
+
+_MATMULS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_dot_product")
+
+
+def _MatmulDtypes() -> Any:  # noqa: N802 - a factory for a mode class built only when torch is present
+    """A dispatch mode recording the dtypes matmuls really ran in (autocast included): the peak to divide by."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dtypes: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            name = func.__name__.split(".")[0]
+            if name.startswith(_MATMULS) and args and hasattr(args[0], "dtype"):
+                self.dtypes.add(str(args[0].dtype).replace("torch.", ""))
+            return func(*args, **(kwargs or {}))
+
+    return MatmulDtypes()
+
+
+def peak_dtype(matmul_dtypes: list[str]) -> str:
+    """The dtype whose peak FLOP/s applies: the lowest precision the matmuls used, TF32 when it is on."""
+    import torch
+
+    for dtype, key in (("float8_e4m3fn", "fp8"), ("bfloat16", "bf16"), ("float16", "fp16")):
+        if dtype in matmul_dtypes:
+            return key
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    return "tf32" if tf32 else "fp32"
 
 
 class _GradProbe:
@@ -241,7 +275,9 @@ def train_bounded(pipeline: L1Pipeline, state: TrainState, settings: L1Settings,
         box: dict[str, Any] = {}
 
         def first_step() -> None:
-            box["loss"] = pipeline.train_step(state, batch)
+            with _MatmulDtypes() as seen:
+                box["loss"] = pipeline.train_step(state, batch)
+            trace.matmul_dtypes = sorted(seen.dtypes)
 
         try:
             counted = flop_tools.count_flops(first_step)
@@ -503,8 +539,12 @@ def run_l1(pipeline: L1Pipeline, settings: L1Settings | None = None) -> L1Report
         torch.cuda.reset_peak_memory_stats(device)
     state = pipeline.build()
     report.trace = train_bounded(pipeline, state, settings, device)
+    if device.type == "cuda":
+        report.device = describe_device(device, settings.peak_flops, peak_dtype(report.trace.matmul_dtypes))
+    report.device["matmul_dtypes"] = report.trace.matmul_dtypes
     report.probes["memory"] = _memory(state, device)
-    report.probes["tca"] = _tca(device)
+    report.probes["tca"] = _tca(pipeline, state, device) if not report.trace.error else {
+        "value": None, "source": None, "reason": "training failed"}
     exact = device.type == "cpu"
     with tempfile.TemporaryDirectory(prefix="spml-l1-") as tmp:
         workdir = Path(tmp)
@@ -538,7 +578,8 @@ def _memory(state: TrainState, device: "torch.device") -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _tca(device: "torch.device") -> dict[str, Any]:
+def _tca(pipeline: L1Pipeline, state: TrainState, device: "torch.device") -> dict[str, Any]:
+    """Sample tensor-core activity while more real training steps run (an idle GPU would read 0)."""
     from dataclasses import asdict, is_dataclass
 
     if device.type != "cuda":
@@ -546,8 +587,14 @@ def _tca(device: "torch.device") -> dict[str, Any]:
                 f"{device.type}"}
     from ..toolkit.profiling import tca
 
+    batches = iter(pipeline.batches())
+
+    def workload() -> None:
+        loss = pipeline.train_step(state, next(batches))
+        _as_float(loss)  # block until the step's GPU work is done
+
     try:
-        result = tca.measure_tca(device_index=device.index or 0)
+        result = tca.measure_tca(workload, duration_s=1.0, gpu_index=device.index or 0)
         return asdict(result) if is_dataclass(result) else dict(result)
     except Exception as exc:  # noqa: BLE001
         return {"value": None, "source": None, "reason": f"{type(exc).__name__}: {exc}"}

@@ -45,6 +45,7 @@ def test_measurements_have_numbers(healthy) -> None:
     first, second = 2 * 32 * 16 * 64, 2 * 32 * 64 * 4
     assert m["flops_per_step"] == (first + second) + (first + 2 * second)
     assert m["loss_second_half_mean"] < m["loss_first_half_mean"]
+    assert healthy.device["matmul_dtypes"] == ["float32"]  # the step's matmuls, as dispatched
     assert healthy.checks["L1-MFU"].message.startswith("achieved ")
     assert "--spml-peak-flops" in healthy.checks["L1-MFU"].message
 
@@ -83,3 +84,11 @@ def test_report_json(healthy, tmp_path: Path) -> None:
     assert doc["measurements"]["steps"] == 60
     lines = summary_lines(healthy)
     assert len(lines) == 1 + len(healthy.checks) and any("L1-RESUME" in line for line in lines)
+
+
+def test_peak_dtype_follows_the_matmuls() -> None:
+    from pytest_spml.l1.runner import peak_dtype
+
+    assert peak_dtype(["bfloat16", "float32"]) == "bf16"
+    assert peak_dtype(["float16"]) == "fp16"
+    assert peak_dtype(["float32"]) in ("fp32", "tf32")
