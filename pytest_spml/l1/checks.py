@@ -229,13 +229,13 @@ def check_loss(report: L1Report) -> CheckResult:
 
 
 def check_drift(report: L1Report) -> CheckResult:
-    drift = report.trace.drift
+    drift, moved = report.trace.drift, report.trace.moved
     limit = report.settings.thresholds.max_relative_drift
     if not drift:
         return _result("L1-DRIFT", Status.FAIL, "no trainable parameters")
-    frozen = [n for n, d in drift.items() if d == 0.0]
-    wild = [n for n, d in drift.items() if d > limit]
-    finite = [d for d in drift.values() if math.isfinite(d)]
+    frozen = [n for n, m in moved.items() if not m]
+    wild = [n for n, d in drift.items() if d is not None and not d <= limit]  # NaN counts as wild
+    finite = [d for d in drift.values() if d is not None and math.isfinite(d)]
     evidence = dict(max_relative_drift=max(finite) if finite else None, threshold=limit, unchanged=frozen, wild=wild)
     report.measurements["max_relative_drift"] = evidence["max_relative_drift"]
     if frozen:

@@ -73,7 +73,8 @@ class TrainingTrace:
     never_grad: list[str] = field(default_factory=list)
     zero_grad: list[str] = field(default_factory=list)
     not_in_optimizer: list[str] = field(default_factory=list)
-    drift: dict[str, float] = field(default_factory=dict)
+    drift: dict[str, float | None] = field(default_factory=dict)  # relative to the initial norm
+    moved: dict[str, bool] = field(default_factory=dict)
     has_scheduler: bool = False
     matmul_dtypes: list[str] = field(default_factory=list)
     stopped_by: str = ""
@@ -179,43 +180,57 @@ def peak_dtype(matmul_dtypes: list[str]) -> str:
 
 
 class _GradProbe:
-    """Sees every parameter's gradient as it is accumulated, whoever zeroes it afterwards.
+    """Sees every parameter's gradient as it is accumulated, before the step can clip or zero it.
 
-    Per-step norms are computed with one fused ``_foreach_norm`` over the
-    captured gradients and kept on the device; the host reads them once per
-    ``sync_every`` steps.
+    The norms are taken inside backward: when the last expected gradient of
+    a round lands, one fused ``_foreach_norm`` runs over all of them, so an
+    in-place ``clip_grad_norm_`` in the user's step cannot hide an explosion.
+    Norms stay on the device; the host reads them once per ``sync_every``
+    steps. Parameters that get no gradient shrink the expected round after
+    the first step (computed after the step then, as a fallback).
     """
 
     def __init__(self, named: list[tuple[str, "torch.nn.Parameter"]]):
         self.named = named
+        self.expected = len(named)
         self.latest: dict[int, Any] = {}
+        self.norms: tuple[list[int], list[Any]] | None = None
         self.ever_nonzero: dict[str, Any] = {}
         self.seen: set[str] = set()
-        self.handles = []
-        for index, (_name, param) in enumerate(named):
-            self.handles.append(param.register_post_accumulate_grad_hook(self._hook(index)))
+        self.handles = [param.register_post_accumulate_grad_hook(self._hook(index))
+                        for index, (_name, param) in enumerate(named)]
 
     def _hook(self, index: int):
         def hook(param: "torch.nn.Parameter") -> None:
             if param.grad is not None:
                 self.latest[index] = param.grad
+                if len(self.latest) >= self.expected:
+                    self._take()
         return hook
 
-    def step_norm(self) -> "torch.Tensor | None":
+    def _take(self) -> None:
         import torch
 
-        if not self.latest:
-            return None
         indices = sorted(self.latest)
-        grads = [self.latest[i].detach() for i in indices]
-        norms = torch._foreach_norm(grads)
+        self.norms = (indices, list(torch._foreach_norm([self.latest[i].detach() for i in indices])))
+
+    def step_norm(self) -> "torch.Tensor | None":
+        """The global norm of this step's gradients (a device tensor), or None when none arrived."""
+        import torch
+
+        if self.latest and (self.norms is None or len(self.norms[0]) < len(self.latest)):
+            self.expected = len(self.latest)  # some parameters get no gradient: a smaller round
+            self._take()
+        if self.norms is None:
+            return None
+        indices, norms = self.norms
         for i, norm in zip(indices, norms):
             name = self.named[i][0]
             self.seen.add(name)
             previous = self.ever_nonzero.get(name)
             nonzero = norm > 0
             self.ever_nonzero[name] = nonzero if previous is None else (previous | nonzero)
-        self.latest = {}
+        self.latest, self.norms = {}, None
         return torch.linalg.vector_norm(torch.stack(norms))
 
     def close(self) -> None:
@@ -332,7 +347,9 @@ def train_bounded(pipeline: L1Pipeline, state: TrainState, settings: L1Settings,
         before = initial[name]
         delta = float(torch.linalg.vector_norm(param.detach().float() - before))
         scale = float(torch.linalg.vector_norm(before))
-        trace.drift[name] = delta / scale if scale > 0 else (math.inf if delta > 0 else 0.0)
+        trace.moved[name] = delta > 0
+        # Zero-initialised tensors (biases, LayerNorm shifts) have no relative drift: only "moved" counts.
+        trace.drift[name] = delta / scale if scale > 0 else None
     return trace
 
 

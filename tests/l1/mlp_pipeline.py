@@ -102,3 +102,17 @@ class ForgetsOptimizerState(MLPPipeline):
         state.model.load_state_dict(saved["model"])
         state.step = saved["step"]
         return state
+
+
+class ExplodingButClipped(MLPPipeline):
+    """Huge gradients hidden by clipping inside the user's own step: L1 must still see them."""
+
+    def train_step(self, state: TrainState, batch) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(state.model(x), y)
+        state.optimizer.zero_grad(set_to_none=True)
+        (loss * 1e6).backward()
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm=1.0)
+        state.optimizer.step()
+        state.scheduler.step()
+        return loss.detach()

@@ -13,7 +13,8 @@ pytest.importorskip("torch", reason="L1 tests need the torch extra: pip install 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mlp_pipeline import (  # noqa: E402
-    DropoutInEval, FlatScheduler, ForgetsOptimizerState, MissingFromOptimizer, MLPPipeline, NaNLoss,
+    DropoutInEval, ExplodingButClipped, FlatScheduler, ForgetsOptimizerState, MissingFromOptimizer, MLPPipeline,
+    NaNLoss,
 )
 
 from pytest_spml.l1.runner import L1Settings, run_l1  # noqa: E402
@@ -62,6 +63,7 @@ def test_mfu_with_a_given_cpu_peak() -> None:
     (NaNLoss(), "L1-LOSS", "loss is NaN/Inf from step 9"),
     (NaNLoss(), "L1-GRAD-HEALTH", "NaN/Inf"),
     (FlatScheduler(), "L1-LR-SCHEDULE", "the learning rate never changed"),
+    (ExplodingButClipped(), "L1-GRAD-HEALTH", "exploding gradients"),
     (DropoutInEval(), "L1-EVAL", "not deterministic"),
     (ForgetsOptimizerState(), "L1-CHECKPOINT", "optimizer state"),
     (ForgetsOptimizerState(), "L1-RESUME", "does not reproduce"),
