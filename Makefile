@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   installs into .venv and runs the demo end to end
+#   make demo   installs into .venv (with PyTorch, pinned by constraints.txt) and runs the demo end to end
 #   make test   installs into .venv (with test extras) and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,9 +8,9 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: demo test test-fast bench clean
 
-$(VENV)/.core: pyproject.toml
+$(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e .
+	$(PIP) install -c constraints.txt -e '.[torch]' numpy
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core constraints.txt

@@ -80,4 +80,16 @@ expect 0 spml init
 find . -type f -not -path './.git/*' | sort
 expect 0 spml plan-gate docs/plans/experiment-plan.md
 
+step "9. L1 runtime validation: pytest --spml-l1 trains the chargpt example for 15 seconds"
+cp -r "$here/chargpt" "$work/chargpt"
+cd "$work/chargpt"
+expect 0 python -m pytest --spml-l1 --spml-l1-minutes 0.25 -q -p no:cacheprovider
+
+step "10. Handoff and conclusion from the L1 report"
+expect 0 spml handoff --report .spml/l1-report.json --command "python train.py" --total-steps 20000 --out "$work/experiment-context.md"
+sed -n '/## L1 baseline/,/^```$/p' "$work/experiment-context.md" | sed -n '1,14p'
+expect 0 spml conclude --report .spml/l1-report.json --result effective \
+    --hypothesis "a 2-layer char transformer learns the corpus within the L1 budget" --log "$work/experiment-log.md"
+grep -E "Result|L1-LOSS|L1-RESUME" "$work/experiment-log.md"
+
 printf '\n\033[1mDemo finished: every gate behaved as expected.\033[0m\n'

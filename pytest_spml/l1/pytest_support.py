@@ -31,7 +31,11 @@ def report_check(report: Any, check_id: str, item: pytest.Item) -> None:
         if isinstance(value, (int, float, str, bool)) or value is None:
             item.user_properties.append((f"{check_id}.{key}", value))
     if result.status is Status.SKIP:
-        pytest.skip(f"{check_id} {result.name}: {result.message}")
+        message = f"{check_id} {result.name}: {result.message}"
+        try:  # report the skip at the test, not at this helper (as pytest does for skip markers)
+            raise pytest.skip.Exception(message, _use_item_location=True)
+        except TypeError:  # a pytest without the keyword
+            pytest.skip(message)
     if result.status in (Status.FAIL, Status.ERROR):
         pytest.fail(f"{check_id} {result.name}: {result.message}", pytrace=False)
 
