@@ -271,8 +271,11 @@ def train_bounded(pipeline: L1Pipeline, state: TrainState, settings: L1Settings,
     import torch
 
     from ..toolkit.profiling import flops as flop_tools
+    from ..toolkit.profiling.timing import StepTimer
 
     trace = TrainingTrace(has_scheduler=state.scheduler is not None)
+    # CUDA events on a GPU (one host sync per sync_every steps), a monotonic clock on the CPU
+    timer = StepTimer(device, sync_every=settings.sync_every)
     named = [(n, p) for n, p in state.model.named_parameters() if p.requires_grad]
     in_optimizer = _optimizer_param_ids(state.optimizer)
     trace.not_in_optimizer = [n for n, p in named if id(p) not in in_optimizer]
@@ -321,11 +324,8 @@ def train_bounded(pipeline: L1Pipeline, state: TrainState, settings: L1Settings,
             except StopIteration:
                 trace.stopped_by = "the pipeline's batches ran out"
                 break
-            t0 = time.perf_counter()
-            loss = pipeline.train_step(state, batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # honest step time; one sync per step on GPU
-            trace.step_times.append(time.perf_counter() - t0)
+            with timer.step():
+                loss = pipeline.train_step(state, batch)
             state.step += 1
             pending_losses.append(loss)
             pending_norms.append(probe.step_norm())
@@ -341,6 +341,7 @@ def train_bounded(pipeline: L1Pipeline, state: TrainState, settings: L1Settings,
     finally:
         _drain(trace, pending_losses, pending_norms)
         probe.close()
+        trace.step_times.extend(timer.times())
     trace.never_grad = [n for n, _ in named if n not in probe.seen]
     trace.zero_grad = [n for n, flag in probe.ever_nonzero.items() if not bool(flag)]
     for name, param in named:
