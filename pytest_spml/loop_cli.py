@@ -11,10 +11,9 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .cliutil import EXIT_USAGE, ArgumentParser, add_output_options, error_document, wants_json
+from .cliutil import EXIT_USAGE, ArgumentParser, add_output_options, error_document, execute, wants_json
 
 _PLANNED = {
-    "check": "one training check of a run's metrics: CONTINUE / WAIT / STOP with evidence",
     "watch": "supervise a training run: stop it on STOP, restart it from a checkpoint on environment failures",
     "run": "autoresearch rounds under autoresearch-protocol.md",
     "iterate": "ml-iteration rounds judged by compound criteria",
@@ -30,6 +29,9 @@ def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
+    from .commands import loop_check
+
+    loop_check.add_parser(sub)
     for verb, text in _PLANNED.items():
         verb_parser = sub.add_parser(verb, help=f"{text} (not yet available)", description=text, add_help=True)
         verb_parser.add_argument("rest", nargs="*", help="arguments, once the verb exists")
@@ -41,12 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     try:
-        args, _unknown = parser.parse_known_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and hasattr(args, "run"):
+            parser.parse_args(argv)  # implemented verbs take no unknown arguments: a one-line usage error
     except SystemExit as exc:  # --help, --version and usage errors: return, do not exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if hasattr(args, "run"):
+        return execute(args.tool, args.run, args)
     message = (f"not yet available in pytest-spml {__version__}; it is planned "
                f"({_PLANNED[args.command]}); see the status table in the README")
     sys.stderr.write(f"spml-loop {args.command}: {message}\n")

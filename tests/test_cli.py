@@ -44,7 +44,7 @@ def test_spml_loop_help_and_not_yet(tmp_path: Path) -> None:
     assert proc.returncode == 0
     for verb in ("check", "watch", "run", "iterate"):
         assert verb in proc.stdout
-    proc = run_script("spml-loop", "check", "--log", "x.jsonl")
+    proc = run_script("spml-loop", "watch", "--log", "x.jsonl")
     assert proc.returncode == 2
     assert "not yet available" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -53,6 +53,7 @@ def test_spml_loop_help_and_not_yet(tmp_path: Path) -> None:
 def test_spml_loop_main_returns_2_for_missing_verbs() -> None:
     assert loop_cli.main(["run"]) == 2
     assert loop_cli.main([]) == 2
+    assert loop_cli.main(["check", "--bogus"]) == 2
 
 
 def test_missing_protocol_json_error_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

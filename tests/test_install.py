@@ -28,6 +28,9 @@ def test_wheel_carries_templates_hooks_and_toolkit(wheel: Path) -> None:
                      "pytest_spml/githooks/pre-commit", "pytest_spml/toolkit/profiling/__init__.py",
                      "pytest_spml/plugin.py"):
         assert required in names, required
+    packages = {str(p.parent.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "pytest_spml").rglob("__init__.py")}
+    missing = sorted(p for p in packages if f"{p}/__init__.py" not in names)
+    assert not missing, f"subpackages left out of the wheel (add them to pyproject.toml): {missing}"
     assert not any(n.startswith(("toolkit/", "templates/", "hooks/", "tests/")) for n in names), \
         "nothing generic may land at the top level of site-packages"
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))

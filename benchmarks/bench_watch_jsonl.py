@@ -1,0 +1,182 @@
+"""Benchmark: the watchdog's JSONL reader (pytest_spml.watch.sources) on a large log.
+
+Targets:
+  * first read: ``read_jsonl`` costs at most 2x a bare line-by-line
+    ``json.loads`` loop over the same file (``--max-ratio``);
+  * memory: reading streams, peak traced memory of a full pass with
+    ``iter_jsonl`` (the form the watchdog consumes: one chunk of records at a
+    time) under 300 MB (``--max-peak-mb``) whatever the file size;
+  * incremental: after appending 1,000 lines, the re-read with the saved state
+    costs at most 1% of the first read (``--max-incremental``).
+
+    python benchmarks/bench_watch_jsonl.py [--size-mb 1024] [--path FILE] [--keep]
+
+The log is generated (a training-like mix: step, time, loss, lr, grad_norm,
+integer throughput, an eval row with nested values every 50 lines, the odd
+NaN) in a temporary directory unless --path names an existing file. Exits 1
+when a target is missed. ``read_jsonl`` returns every record as one list, so
+its own memory grows with the log (printed for information): a watchdog
+reading a multi-GB log for the first time should use ``iter_jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+
+def line_for(i: int, rng: random.Random, t0: float) -> str:
+    now = t0 + 0.35 * i
+    if i % 50 == 49:
+        row = {"step": i, "time": round(now, 3), "eval": {"loss": 2.0 + rng.random(), "ppl": 7.0 + rng.random()}}
+    else:
+        loss = 5.0 / (1 + i / 1000) + 0.1 * rng.random()
+        row = {"step": i, "time": round(now, 3), "loss": loss if i % 100_003 else float("nan"),
+               "lr": 3e-4 * min(1.0, i / 2000), "grad_norm": 0.5 + rng.random(),
+               "tokens_per_s": rng.randint(150_000, 160_000), "step_time_s": 0.35 + 0.01 * rng.random()}
+    return json.dumps(row) + "\n"
+
+
+def generate(path: Path, size_mb: float, start: int = 0, lines: int | None = None) -> int:
+    """Append lines to ``path`` until it holds size_mb MB (or exactly ``lines`` lines); returns the next index."""
+    rng = random.Random(start)
+    target = int(size_mb * 1024 * 1024)
+    i = start
+    with open(path, "a", encoding="utf-8") as f:
+        buf: list[str] = []
+        size = path.stat().st_size if path.exists() else 0
+        while (size < target) if lines is None else (i < start + lines):
+            text = line_for(i, rng, 1.7e9)
+            buf.append(text)
+            size += len(text)
+            i += 1
+            if len(buf) >= 10_000:
+                f.write("".join(buf))
+                buf.clear()
+        f.write("".join(buf))
+    return i
+
+
+def bare_loop(path: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            json.loads(line)
+            n += 1
+    return time.perf_counter() - start, n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=float, default=1024.0, help="size of the generated log (default 1024)")
+    parser.add_argument("--path", type=Path, help="an existing JSONL log to use instead (appended to!)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated log")
+    parser.add_argument("--max-ratio", type=float, default=2.0)
+    parser.add_argument("--max-peak-mb", type=float, default=300.0)
+    parser.add_argument("--max-incremental", type=float, default=0.01)
+    parser.add_argument("--repeat", type=int, default=1, help="best of N for the two first-read timings")
+    args = parser.parse_args(argv)
+
+    from pytest_spml.watch.sources import iter_jsonl, read_jsonl
+
+    tmp = None
+    if args.path:
+        path = args.path
+        next_index = sum(1 for _ in open(path, "rb"))
+    else:
+        tmp = tempfile.mkdtemp(prefix="spml-bench-watch-")
+        path = Path(tmp) / "metrics.jsonl"
+        t = time.perf_counter()
+        next_index = generate(path, args.size_mb)
+        print(f"generated {path} ({path.stat().st_size / 2**20:.0f} MiB, {next_index:,} lines) "
+              f"in {time.perf_counter() - t:.1f}s")
+    try:
+        size_mib = path.stat().st_size / 2**20
+        bare = min(bare_loop(path) for _ in range(args.repeat))
+        base_s, lines = bare
+        print(f"bare json.loads loop: {base_s:.2f}s ({lines:,} lines, {lines / base_s / 1e6:.2f} M lines/s, "
+              f"{size_mib / base_s:.0f} MiB/s)")
+
+        first_s = float("inf")
+        for _ in range(args.repeat):
+            gc.collect()
+            t = time.perf_counter()
+            records, state = read_jsonl(path)
+            first_s = min(first_s, time.perf_counter() - t)
+            count = len(records)
+            del records
+        ratio = first_s / base_s
+        print(f"read_jsonl first read: {first_s:.2f}s ({count:,} records) = {ratio:.2f}x the bare loop "
+              f"(target <= {args.max_ratio:g}x)")
+
+        gc.collect()
+        t = time.perf_counter()
+        streamed = sum(len(batch) for batch in iter_jsonl(path, {}))
+        iter_s = time.perf_counter() - t
+        print(f"iter_jsonl first read (streamed, records dropped per chunk): {iter_s:.2f}s = "
+              f"{iter_s / base_s:.2f}x the bare loop")
+
+        gc.collect()
+        tracemalloc.start()
+        streamed_traced = sum(len(batch) for batch in iter_jsonl(path, {}))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        peak_mb = peak / 2**20
+        print(f"peak traced memory, streaming pass: {peak_mb:.1f} MiB (target < {args.max_peak_mb:g} MB)")
+        per_record = None
+        if count:
+            # what read_jsonl's returned list costs, on a 100k-line sample: information only
+            sample_state: dict = {}
+            tracemalloc.start()
+            sample = []
+            for batch in iter_jsonl(path, sample_state):
+                sample.extend(batch)
+                if len(sample) >= 100_000:
+                    break
+            per_record = tracemalloc.get_traced_memory()[0] / len(sample)
+            tracemalloc.stop()
+            del sample
+            print(f"read_jsonl's list holds ~{per_record:.0f} B per record "
+                  f"(~{per_record * count / 2**20:.0f} MiB for this log; information, not a target)")
+
+        generate(path, 0, start=next_index, lines=1000)
+        t = time.perf_counter()
+        new, state2 = read_jsonl(path, state)
+        inc_s = time.perf_counter() - t
+        inc_ratio = inc_s / first_s
+        print(f"incremental re-read after appending 1,000 lines: {inc_s * 1000:.2f} ms, {len(new)} records "
+              f"= {inc_ratio * 100:.3f}% of the first read (target <= {args.max_incremental * 100:g}%)")
+
+        failures = []
+        if streamed != count or streamed_traced != count:
+            failures.append(f"record counts differ: read_jsonl {count}, iter_jsonl {streamed}/{streamed_traced}")
+        if state2["bad_lines"] or len(new) != 1000:
+            failures.append(f"incremental read returned {len(new)} records, {state2['bad_lines']} bad lines")
+        if ratio > args.max_ratio:
+            failures.append(f"first read {ratio:.2f}x > {args.max_ratio:g}x")
+        if peak_mb >= args.max_peak_mb:
+            failures.append(f"peak memory {peak_mb:.0f} MiB >= {args.max_peak_mb:g}")
+        if inc_ratio > args.max_incremental:
+            failures.append(f"incremental {inc_ratio * 100:.2f}% > {args.max_incremental * 100:g}%")
+        for failure in failures:
+            print(f"FAIL: {failure}")
+        if not failures:
+            print("OK: all targets met")
+        return 1 if failures else 0
+    finally:
+        if tmp and not args.keep:
+            os.unlink(path)
+            os.rmdir(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
