@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -91,13 +90,26 @@ def watch_thresholds(context: Path | None) -> Any:
         raise InputError(f"the Watchdog settings block is invalid ({exc})", context) from None
 
 
-def read_sources(args: argparse.Namespace) -> tuple[list[Any], list[str], bool]:
-    """(records, source descriptions, whether every source was readable)."""
+def read_sources(args: argparse.Namespace, series: Any) -> tuple[list[Any], list[str], bool, int]:
+    """Feed every source into ``series``; (recent records, source descriptions, all readable, record count).
+
+    JSONL logs stream chunk by chunk into the bounded series, so a 1 GB log
+    never sits in memory; only the last records are kept for the report.
+    """
+    from collections import deque
+
     from ..watch import sources
 
-    records: list[Any] = []
+    recent: deque[Any] = deque(maxlen=50)
     described: list[str] = []
     ok = True
+    total = 0
+
+    def feed(found: list[Any]) -> int:
+        series.add(found)
+        recent.extend(found)
+        return len(found)
+
     for raw in args.log:
         path = Path(raw)
         if not path.exists():
@@ -106,26 +118,27 @@ def read_sources(args: argparse.Namespace) -> tuple[list[Any], list[str], bool]:
             ok = False
             continue
         fmt = sources.detect_format(path) if args.log_format == "auto" else args.log_format
+        count = 0
         if fmt == "jsonl":
-            found, _state = sources.read_jsonl(path)
+            for chunk in sources.iter_jsonl(path):
+                count += feed(chunk)
         elif fmt == "tensorboard":
-            found, _state = sources.read_tensorboard(path)
+            count = feed(sources.read_tensorboard(path)[0])
         else:
-            preset = "auto" if fmt == "text" else fmt
-            if preset == "regex" and not args.regex:
+            if fmt == "regex" and not args.regex:
                 raise InputError("--log-format regex needs --regex PATTERN")
-            found, _state = sources.read_text_log(path, preset="auto" if preset == "regex" else preset,
-                                                  regex=args.regex)
-        records.extend(found)
-        described.append(f"{path} ({fmt}, {len(found)} records)")
+            preset = "auto" if fmt in ("text", "regex") else fmt
+            count = feed(sources.read_text_log(path, preset=preset, regex=args.regex)[0])
+        total += count
+        described.append(f"{path} ({fmt}, {count} records)")
     if args.tensorboard:
-        found, _state = sources.read_tensorboard(Path(args.tensorboard))
-        records.extend(found)
-        described.append(f"{args.tensorboard} (tensorboard, {len(found)} records)")
-    return records, described, ok
+        count = feed(sources.read_tensorboard(Path(args.tensorboard))[0])
+        total += count
+        described.append(f"{args.tensorboard} (tensorboard, {count} records)")
+    return list(recent), described, ok, total
 
 
-def _recent(series: Any, records: list[Any]) -> dict[str, float]:
+def _recent(records: list[Any]) -> dict[str, float]:
     last: dict[str, float] = {}
     for record in records[-50:]:
         last.update(record.values)
@@ -143,14 +156,12 @@ def run(args: argparse.Namespace) -> Report:
     from ..watch.model import KINDS
 
     baseline = load_baseline(Path(args.context) if args.context else None, args.total_steps)
-    records, described, source_ok = read_sources(args)
-    records.sort(key=lambda r: (r.step is None, r.step if r.step is not None else 0))
     series = detectors.RunSeries()
-    series.add(records)
+    records, described, source_ok, total = read_sources(args, series)
     now = args.now if args.now is not None else time.time()
     thresholds = watch_thresholds(Path(args.context) if args.context else None)
     anomalies = detectors.detect_all(series, baseline, thresholds, now)
-    verdict = deciding.decide(series, anomalies, baseline, now, source_ok=source_ok and bool(records),
+    verdict = deciding.decide(series, anomalies, baseline, now, source_ok=source_ok and total > 0,
                               thresholds=thresholds)
     report = Report(tool=TOOL)
     for kind in KINDS:
@@ -164,8 +175,8 @@ def run(args: argparse.Namespace) -> Report:
             status, message = Status.PASS, "no anomaly"
         report.results.append(CheckResult(kind, status, message, name=f"detector {kind}",
                                           blocking=verdict.decision == "STOP"))
-    last_step = max((r.step for r in records if r.step is not None), default=None)
-    metrics = _recent(series, records)
+    last_step = series.last_step
+    metrics = _recent(records)
     report.summary.update(
         decision=verdict.decision, status=verdict.status, reason=verdict.reason,
         source="; ".join(described), step=last_step, baseline=baseline.source,
@@ -174,7 +185,7 @@ def run(args: argparse.Namespace) -> Report:
         next_check=f"in {verdict.next_check_minutes} minutes",
     )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if math.isfinite(v) or True)[:300]
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))[:300]
     lines = [
         f"Training check  {stamp}",
         f"  source:     {report.summary['source']}",
