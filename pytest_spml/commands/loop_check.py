@@ -31,6 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--wandb", metavar="RUN", help="a WandB run (not yet available in this version)")
     parser.add_argument("--context", metavar="PATH", help="experiment-context.md: the L1 baseline and expected steps")
     parser.add_argument("--total-steps", type=int, metavar="N", help="expected total steps (overrides the context)")
+    parser.add_argument("--evidence-dir", metavar="DIR",
+                        help="where recovery-prompt.md (on STOP) and completion-prompt.md go (default: next to "
+                             "--context, else .spml/watch)")
+    parser.add_argument("--no-history", action="store_true",
+                        help="do not append this check to the Diagnosis History of --context")
     parser.add_argument("--now", type=float, metavar="EPOCH",
                         help="judge staleness as of this Unix time (default: now); for replaying finished logs")
     add_output_options(parser)
@@ -202,6 +207,27 @@ def run(args: argparse.Namespace) -> Report:
         "",
     ]
     report.text = "\n".join(lines)
+    _save_evidence(args, report)
     if verdict.decision == "STOP":
         report.results.append(CheckResult("DECISION", Status.FAIL, f"STOP: {verdict.reason}", name="decision"))
     return report
+
+
+def _save_evidence(args: argparse.Namespace, report: Report) -> None:
+    from ..watch import evidence
+
+    context = Path(args.context) if args.context else None
+    if context is not None and not args.no_history:
+        try:
+            evidence.append_history(context, report.summary)
+        except OSError as exc:
+            raise InputError(f"cannot append the Diagnosis History ({exc.strerror})", context) from None
+        report.notes.append(f"appended to the Diagnosis History of {context}")
+    folder = Path(args.evidence_dir) if args.evidence_dir else (context.parent if context else Path(".spml/watch"))
+    try:
+        written = evidence.write_prompt(folder, report.summary)
+    except OSError as exc:
+        raise InputError(f"cannot write the prompt ({exc.strerror})", folder) from None
+    if written is not None:
+        report.summary["prompt"] = str(written)
+        report.text = (report.text or "") + f"  evidence:   {written}\n"

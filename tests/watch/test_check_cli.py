@@ -104,3 +104,33 @@ def test_bad_context_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     path = RUNS / "healthy_sgd.jsonl"
     assert loop_cli.main(["check", "--log", str(path), "--context", str(context)]) == 2
     assert "ctx.md" in capsys.readouterr().err
+
+
+def test_evidence_history_and_recovery_prompt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    context = tmp_path / "experiment-context.md"
+    context.write_text("# Experiment context\n\n## L1 baseline\n\n```yaml\ngrad_norm: 0.7\n```\n\n## Notes\n- keep\n")
+    path = RUNS / "lr_ramp_nan.jsonl"
+    assert loop_cli.main(["check", "--log", str(path), "--context", str(context), "--now",
+                          str(last_time(path) + 1)]) == 1
+    out = capsys.readouterr().out
+    text = context.read_text()
+    assert "## Diagnosis History" in text and "**STOP** (SEVERE_ANOMALY)" in text and "- keep" in text
+    prompt = tmp_path / "recovery-prompt.md"
+    assert prompt.is_file() and "nan_inf at step" in prompt.read_text()
+    assert f"evidence:   {prompt}" in out
+    healthy = RUNS / "healthy_sgd.jsonl"
+    assert loop_cli.main(["check", "--log", str(healthy), "--context", str(context), "--now",
+                          str(last_time(healthy) + 1)]) == 0
+    history = context.read_text().split("## Diagnosis History")[1]
+    assert history.index("**STOP**") < history.index("**CONTINUE**")  # appended in order
+    assert "## Notes" in context.read_text().split("## Diagnosis History")[0]
+
+
+def test_no_history_leaves_the_context_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    context = tmp_path / "experiment-context.md"
+    context.write_text("# Experiment context\n")
+    path = RUNS / "healthy_sgd.jsonl"
+    loop_cli.main(["check", "--log", str(path), "--context", str(context), "--no-history", "--now",
+                   str(last_time(path) + 1), "--evidence-dir", str(tmp_path / "ev")])
+    assert context.read_text() == "# Experiment context\n"
+    assert not (tmp_path / "ev").exists()  # CONTINUE writes no prompt
