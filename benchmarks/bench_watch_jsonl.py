@@ -3,9 +3,10 @@
 Targets:
   * first read: ``read_jsonl`` costs at most 2x a bare line-by-line
     ``json.loads`` loop over the same file (``--max-ratio``);
-  * memory: reading streams, peak traced memory of a full pass with
-    ``iter_jsonl`` (the form the watchdog consumes: one chunk of records at a
-    time) under 300 MB (``--max-peak-mb``) whatever the file size;
+  * memory: reading streams: the peak RSS of a fresh interpreter making a
+    full pass with ``iter_jsonl`` (the form the watchdog consumes: one chunk
+    of records at a time) stays under 300 MB (``--max-peak-mb``) whatever the
+    file size;
   * incremental: after appending 1,000 lines, the re-read with the saved state
     costs at most 1% of the first read (``--max-incremental``).
 
@@ -26,6 +27,7 @@ import gc
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +77,43 @@ def bare_loop(path: Path) -> tuple[float, int]:
     return time.perf_counter() - start, n
 
 
+_STREAM = """
+import json, resource, sys, time
+from pytest_spml.watch.sources import iter_jsonl
+t = time.perf_counter()
+n = sum(len(batch) for batch in iter_jsonl(sys.argv[1], {}))
+seconds = time.perf_counter() - t
+try:  # Linux: this process image's own high-water mark (ru_maxrss keeps the parent's across fork + exec)
+    with open("/proc/self/status") as f:
+        rss_mb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 2**10
+except (OSError, StopIteration):
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss / (2**20 if sys.platform == "darwin" else 2**10)
+print(json.dumps({"records": n, "seconds": seconds, "maxrss_mb": rss_mb}))
+"""
+
+
+def streaming_pass(path: Path) -> tuple[int, float, float, str]:
+    """A full pass with iter_jsonl in a fresh interpreter: its peak RSS is the reader's whole footprint
+    (interpreter included). Where ``resource`` is missing (Windows), tracemalloc in this process."""
+    try:
+        import resource  # noqa: F401
+    except ImportError:
+        gc.collect()
+        from pytest_spml.watch.sources import iter_jsonl
+
+        tracemalloc.start()
+        t = time.perf_counter()
+        n = sum(len(batch) for batch in iter_jsonl(path, {}))
+        seconds = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return n, seconds, peak / 2**20, "(tracemalloc peak, timing under tracing)"
+    out = subprocess.run([sys.executable, "-c", _STREAM, str(path)], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    return result["records"], result["seconds"], result["maxrss_mb"], "(peak RSS of a fresh interpreter)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=1024.0, help="size of the generated log (default 1024)")
@@ -91,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     if args.path:
         path = args.path
-        next_index = sum(1 for _ in open(path, "rb"))
+        with open(path, "rb") as f:
+            next_index = sum(1 for _ in f)
     else:
         tmp = tempfile.mkdtemp(prefix="spml-bench-watch-")
         path = Path(tmp) / "metrics.jsonl"
@@ -115,23 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             count = len(records)
             del records
         ratio = first_s / base_s
-        print(f"read_jsonl first read: {first_s:.2f}s ({count:,} records) = {ratio:.2f}x the bare loop "
-              f"(target <= {args.max_ratio:g}x)")
+        print(f"read_jsonl first read (one list of every record): {first_s:.2f}s ({count:,} records) = "
+              f"{ratio:.2f}x the bare loop (target <= {args.max_ratio:g}x)")
 
-        gc.collect()
-        t = time.perf_counter()
-        streamed = sum(len(batch) for batch in iter_jsonl(path, {}))
-        iter_s = time.perf_counter() - t
+        streamed, iter_s, peak_mb, how = streaming_pass(path)
         print(f"iter_jsonl first read (streamed, records dropped per chunk): {iter_s:.2f}s = "
               f"{iter_s / base_s:.2f}x the bare loop")
-
-        gc.collect()
-        tracemalloc.start()
-        streamed_traced = sum(len(batch) for batch in iter_jsonl(path, {}))
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        peak_mb = peak / 2**20
-        print(f"peak traced memory, streaming pass: {peak_mb:.1f} MiB (target < {args.max_peak_mb:g} MB)")
+        print(f"peak memory of the streaming pass: {peak_mb:.1f} MiB {how} (target < {args.max_peak_mb:g} MB)")
         per_record = None
         if count:
             # what read_jsonl's returned list costs, on a 100k-line sample: information only
@@ -157,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
               f"= {inc_ratio * 100:.3f}% of the first read (target <= {args.max_incremental * 100:g}%)")
 
         failures = []
-        if streamed != count or streamed_traced != count:
-            failures.append(f"record counts differ: read_jsonl {count}, iter_jsonl {streamed}/{streamed_traced}")
+        if streamed != count:
+            failures.append(f"record counts differ: read_jsonl {count}, iter_jsonl {streamed}")
         if state2["bad_lines"] or len(new) != 1000:
             failures.append(f"incremental read returned {len(new)} records, {state2['bad_lines']} bad lines")
         if ratio > args.max_ratio:
