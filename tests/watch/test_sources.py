@@ -632,3 +632,12 @@ def test_jsonl_absurd_nesting_is_a_bad_line_not_a_crash(tmp_path):
     records, state = read_jsonl(path)
     assert [r.step for r in records][0] == 1 and records[-1].step == 2
     assert state["first_bad_line"] == 2
+
+
+def test_jsonl_records_of_a_chunk_share_their_key_strings(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(line(step=i, loss=1.0, tokens=5) for i in range(3)))
+    records, _ = read_jsonl(path)
+    keys = [list(r.values) for r in records]
+    assert keys[0] == ["loss", "tokens"]
+    assert all(k[0] is keys[0][0] and k[1] is keys[0][1] for k in keys)  # memory of a long list of records
