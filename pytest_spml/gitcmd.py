@@ -37,10 +37,11 @@ def decode_path(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
-def run_git(repo: str | Path, args: Sequence[str], *, input: bytes | None = None, check: bool = True) -> bytes:
+def run_git(repo: str | Path, args: Sequence[str], *, input: bytes | None = None, check: bool = True,
+            env: dict[str, str] | None = None) -> bytes:
     try:
         proc = subprocess.run(
-            ["git", *args], cwd=repo, input=input, capture_output=True, env=git_env()
+            ["git", *args], cwd=repo, input=input, capture_output=True, env=env or git_env()
         )
     except FileNotFoundError:
         raise InputError("git is not installed or not on PATH; install git to use this command") from None
@@ -50,9 +51,10 @@ def run_git(repo: str | Path, args: Sequence[str], *, input: bytes | None = None
     return proc.stdout
 
 
-def start_git(repo: str | Path, args: Sequence[str]) -> subprocess.Popen:
+def start_git(repo: str | Path, args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a git listing in the background; pair with :func:`finish_git`."""
-    return subprocess.Popen(["git", *args], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=git_env())
+    return subprocess.Popen(["git", *args], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env or git_env())
 
 
 def finish_git(proc: subprocess.Popen, repo: str | Path) -> bytes:
@@ -62,17 +64,6 @@ def finish_git(proc: subprocess.Popen, repo: str | Path) -> bytes:
         args = proc.args[1:3] if isinstance(proc.args, list) else []
         raise InputError(f"git {' '.join(map(str, args))} failed: {reason[-1] if reason else proc.returncode}", repo)
     return out
-
-
-def repo_root(start: str | Path = ".") -> Path:
-    start = Path(start)
-    proc = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"], cwd=start if start.is_dir() else start.parent,
-        capture_output=True, env=git_env(),
-    )
-    if proc.returncode != 0:
-        raise InputError("not inside a git repository; run this from your project's repository", start)
-    return Path(os.fsdecode(proc.stdout.strip()))
 
 
 class RepoInfo:
@@ -105,11 +96,6 @@ def repo_info(start: str | Path = ".") -> RepoInfo:
                     head=head)
 
 
-def git_dir(repo: str | Path) -> Path:
-    out = run_git(repo, ["rev-parse", "--absolute-git-dir"]).strip()
-    return Path(os.fsdecode(out))
-
-
 def resolve_commit(repo: str | Path, rev: str) -> str | None:
     proc = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, env=git_env()
@@ -120,11 +106,6 @@ def resolve_commit(repo: str | Path, rev: str) -> str | None:
 def current_branch(repo: str | Path) -> str | None:
     proc = subprocess.run(["git", "symbolic-ref", "--short", "-q", "HEAD"], cwd=repo, capture_output=True, env=git_env())
     return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
-
-
-def object_format(repo: str | Path) -> str:
-    proc = subprocess.run(["git", "rev-parse", "--show-object-format"], cwd=repo, capture_output=True, env=git_env())
-    return proc.stdout.decode().strip() or "sha1" if proc.returncode == 0 else "sha1"
 
 
 TreeEntry = namedtuple("TreeEntry", "mode sha")
@@ -139,24 +120,6 @@ def parse_ls_tree(out: bytes) -> dict[str, TreeEntry]:
         meta, _, path = record.partition(b"\t")
         mode, _type, sha = meta.split(b" ")
         entries[decode_path(path)] = TreeEntry(mode.decode(), sha.decode())
-    return entries
-
-
-# tag: the `git ls-files -v` tag: lower case = assume-unchanged, "S" = skip-worktree
-IndexEntry = namedtuple("IndexEntry", "mode sha stage tag")
-
-
-def parse_ls_files_stage(out: bytes, tagged: bool = True) -> dict[str, IndexEntry]:
-    """Parse ``git ls-files -s [-v] -z``; conflicted paths keep their highest stage."""
-    entries: dict[str, IndexEntry] = {}
-    for record in out.split(b"\0"):
-        if not record:
-            continue
-        meta, _, path = record.partition(b"\t")
-        if not tagged:
-            meta = b"H " + meta
-        tag, mode, sha, stage = meta.split(b" ")
-        entries[decode_path(path)] = IndexEntry(mode.decode(), sha.decode(), int(stage), tag.decode())
     return entries
 
 

@@ -276,27 +276,28 @@ def _fixed_files_result(path: Path, root: Path, base: str) -> CheckResult:
                        name="Fixed-file compliance")
 
 
+def _ini_glob(root: Path, key: str, glob: str, what: str, advice: str, suffix: str = "") -> list[Path]:
+    """The files an ini glob names under the rootdir; a bad or empty glob is a usage error."""
+    if Path(glob).is_absolute() or ".." in Path(glob).parts:
+        raise pytest.UsageError(f"{key}: {glob!r} must be a glob relative to the rootdir ({root})")
+    try:
+        matched = sorted(p for p in root.glob(glob) if p.is_file() and p.name.endswith(suffix))
+    except (ValueError, NotImplementedError) as exc:
+        raise pytest.UsageError(f"{key}: {glob!r} is not a valid glob ({exc})") from None
+    if not matched:
+        fix = f"fix the ini key or {advice}" if advice else "fix the ini key"
+        raise pytest.UsageError(f"{key}: no {what} matches {glob!r} under {root}; {fix}")
+    return matched
+
+
 def _gate_paths(config: pytest.Config, settings: Settings) -> dict[Path, str]:
     """The files gated as tests: {path: "plan" | "protocol"}; bad ini values are usage errors."""
     root = config.rootpath
     gates: dict[Path, str] = {}
     for glob in settings.plans:
-        if Path(glob).is_absolute() or ".." in Path(glob).parts:
-            raise pytest.UsageError(f"spml_plans: {glob!r} must be a glob relative to the rootdir ({root})")
-        try:
-            matched = sorted(p for p in root.glob(glob) if p.is_file())
-        except (ValueError, NotImplementedError) as exc:
-            raise pytest.UsageError(f"spml_plans: {glob!r} is not a valid glob ({exc})") from None
-        if not matched:
-            raise pytest.UsageError(f"spml_plans: no plan matches {glob!r} under {root}; fix the ini key or add the plan")
-        gates.update(dict.fromkeys(matched, "plan"))
+        gates.update(dict.fromkeys(_ini_glob(root, "spml_plans", glob, "plan", "add the plan"), "plan"))
     for glob in settings.l0:
-        if Path(glob).is_absolute() or ".." in Path(glob).parts:
-            raise pytest.UsageError(f"spml_l0: {glob!r} must be a glob relative to the rootdir ({root})")
-        matched = sorted(p for p in root.glob(glob) if p.is_file() and p.suffix == ".py")
-        if not matched:
-            raise pytest.UsageError(f"spml_l0: no Python file matches {glob!r} under {root}; fix the ini key")
-        gates.update(dict.fromkeys(matched, "l0"))
+        gates.update(dict.fromkeys(_ini_glob(root, "spml_l0", glob, "Python file", "", suffix=".py"), "l0"))
     if settings.protocol:
         path = root / settings.protocol
         if path.is_dir():

@@ -15,7 +15,6 @@ against the base *tree*, everywhere a change can hide:
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,10 +227,8 @@ def _hidden_by(root: Path, paths: list[str]) -> dict[str, str]:
         value = attrs[i + 2].decode()
         if value not in ("unspecified", "unset", ""):
             hints.setdefault(gitcmd.decode_path(attrs[i]), f"git reads it through the '{value}' filter")
-    ignored = subprocess.run(
-        ["git", "check-ignore", "-z", "--no-index", "--stdin"], cwd=root, capture_output=True, env=gitcmd.git_env(),
-        input=b"\0".join(os.fsencode(p) for p in paths) + b"\0",
-    ).stdout
+    ignored = gitcmd.run_git(root, ["check-ignore", "-z", "--no-index", "--stdin"], check=False,
+                             input=b"\0".join(os.fsencode(p) for p in paths) + b"\0")
     for raw in ignored.split(b"\0"):
         if raw:
             hints.setdefault(gitcmd.decode_path(raw), "hidden from `git status` by an exclude rule")
@@ -316,23 +313,3 @@ def judge(scan: Scan, rules: Rules, cache: RuleCache | None = None) -> Complianc
         result.violations.append(Violation(path, text, kinds, fixed))
     result.stats["untracked_entries"] = len(untracked)
     return result
-
-
-def check_fixed_files(
-    repo: gitcmd.RepoInfo,
-    protocol: Protocol,
-    base: str,
-    *,
-    head: str | None = None,
-    staged: bool = False,
-    use_cache: bool = True,
-) -> Compliance:
-    """Compare the repository against commit ``base`` under ``protocol``.
-
-    ``staged`` judges only what the next commit would contain (the index);
-    otherwise the work tree is judged too, including files git is told to
-    ignore or not to look at. ``head`` defaults to the current HEAD commit.
-    """
-    if head is None:
-        head = repo.head
-    return judge(Scan(repo, base, head, staged=staged, use_cache=use_cache), Rules.from_protocol(protocol))

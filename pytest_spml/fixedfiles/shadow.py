@@ -125,15 +125,10 @@ class ShadowRepo:
         return env
 
     def git(self, args: list[str]) -> bytes:
-        proc = subprocess.run(["git", *args], cwd=self.root, capture_output=True, env=self.env())
-        if proc.returncode != 0:
-            reason = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise InputError(f"git {args[0]} (shadow) failed: {reason[-1] if reason else proc.returncode}", self.root)
-        return proc.stdout
+        return gitcmd.run_git(self.root, args, env=self.env())
 
     def start(self, args: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(["git", *args], cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=self.env())
+        return gitcmd.start_git(self.root, args, env=self.env())
 
     def set_base(self, base: str) -> None:
         """Point the shadow HEAD and index at ``base``, keeping stat data of unchanged entries."""

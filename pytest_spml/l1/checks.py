@@ -78,14 +78,11 @@ def check_throughput(report: L1Report) -> CheckResult:
     if not median or not sizes:
         return _result("L1-THROUGHPUT", Status.SKIP, "no steady step time to derive throughput from")
     samples = statistics.median(sizes) / median
-    tokens = samples * report_tokens(report) if report_tokens(report) else None
+    per_sample = report.measurements.get("tokens_per_sample")
+    tokens = samples * per_sample if per_sample else None
     report.measurements.update(samples_per_s=samples, tokens_per_s=tokens)
     text = f"{_fmt(samples, 'samples/s')}" + (f", {_fmt(tokens, 'tokens/s')}" if tokens else "")
     return _result("L1-THROUGHPUT", Status.PASS, text, samples_per_s=samples, tokens_per_s=tokens)
-
-
-def report_tokens(report: L1Report) -> int | None:
-    return report.measurements.get("tokens_per_sample")
 
 
 def check_mfu(report: L1Report) -> CheckResult:
