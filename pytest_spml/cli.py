@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .cliutil import EXIT_USAGE, ArgumentParser, execute
+from .cliutil import EXIT_USAGE, ArgumentParser, execute, import_command
 
 # command name -> module under pytest_spml.commands. Only the module of the
 # command being run is imported: the hooks start on every commit, and the
@@ -19,6 +18,7 @@ COMMANDS = {
     "l0": "l0",
     "conclude": "conclude",
     "handoff": "handoff",
+    "diagnose": "diagnose",
 }
 
 
@@ -39,7 +39,9 @@ def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     for module in _requested(argv):
-        importlib.import_module(f"pytest_spml.commands.{module}").add_parser(sub)
+        command = import_command(module)
+        if command is not None:
+            command.add_parser(sub)
     return parser
 
 

@@ -16,6 +16,8 @@ from .errors import InputError
 # start git, and every millisecond there is on the commit's critical path.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .report import Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -108,3 +110,20 @@ def execute(tool: str, run: Callable[[argparse.Namespace], Report], args: argpar
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return report.exit_code
+
+
+def import_command(module: str) -> "Any":
+    """``pytest_spml.commands.<module>``, or None when that module does not exist (a verb not built yet).
+
+    Only the command being run is imported: the hooks start on every commit
+    and must not pay for the others.
+    """
+    import importlib
+
+    name = f"pytest_spml.commands.{module}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return None

@@ -11,13 +11,31 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .cliutil import EXIT_USAGE, ArgumentParser, add_output_options, error_document, execute, wants_json
+from .cliutil import EXIT_USAGE, ArgumentParser, add_output_options, error_document, execute, import_command, wants_json
 
+# verb -> module under pytest_spml.commands, imported only when needed.
+VERBS = {
+    "check": "loop_check",
+    "watch": "loop_watch",
+    "run": "loop_run",
+    "iterate": "loop_iterate",
+    "status": "loop_status",
+    "report": "loop_report",
+}
 _PLANNED = {
     "watch": "supervise a training run: stop it on STOP, restart it from a checkpoint on environment failures",
     "run": "autoresearch rounds under autoresearch-protocol.md",
     "iterate": "ml-iteration rounds judged by compound criteria",
+    "status": "the state of the rounds in this repository",
+    "report": "a table and a plot of the rounds so far",
 }
+
+
+def _requested(argv: Sequence[str]) -> list[str]:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return [arg] if arg in VERBS else list(VERBS)
+    return list(VERBS)
 
 
 def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
@@ -29,10 +47,12 @@ def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
-    from .commands import loop_check
-
-    loop_check.add_parser(sub)
-    for verb, text in _PLANNED.items():
+    for verb in _requested(argv):
+        module = import_command(VERBS[verb])
+        if module is not None:
+            module.add_parser(sub)
+            continue
+        text = _PLANNED[verb]
         verb_parser = sub.add_parser(verb, help=f"{text} (not yet available)", description=text, add_help=True)
         verb_parser.add_argument("rest", nargs="*", help="arguments, once the verb exists")
         add_output_options(verb_parser)

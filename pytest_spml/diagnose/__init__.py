@@ -1,0 +1,1 @@
+"""``spml diagnose``: reproduce, isolate and explain a broken training run."""

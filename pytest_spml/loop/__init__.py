@@ -1,0 +1,1 @@
+"""Autoresearch and ml-iteration rounds: ``spml-loop run`` and ``spml-loop iterate``."""
