@@ -181,7 +181,7 @@ def test_plan_fixtures(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, deselected=result.parseoutcomes().get("deselected", 0))
 
 
-HEAVY = ("torch", "wandb", "tensorboard", "pynvml", "tensorflow")
+HEAVY = ("torch", "wandb", "tensorboard", "pynvml", "tensorflow", "matplotlib", "numpy", "optuna")
 
 PROBE = textwrap.dedent("""
     import sys, importlib.abc
@@ -232,6 +232,20 @@ def test_hooks_and_plan_gate_import_nothing_heavy(tmp_path: Path) -> None:
         except SystemExit:
             pass
         cli.main(["fixed-files", "--protocol", "missing.md"])
+    """, tmp_path)
+    assert line == "HEAVY-ATTEMPTED [] LOADED []", line
+
+
+def test_command_help_imports_nothing_heavy(tmp_path: Path) -> None:
+    """`--help` loads every command module: none may import a heavy library at module level."""
+    line = _probe("""
+        from pytest_spml import cli, loop_cli
+        cli.main(["--help"])
+        loop_cli.main(["--help"])
+        for verb in loop_cli.VERBS:
+            loop_cli.main([verb, "--help"])
+        for command in cli.COMMANDS:
+            cli.main([command, "--help"])
     """, tmp_path)
     assert line == "HEAVY-ATTEMPTED [] LOADED []", line
 

@@ -14,6 +14,12 @@ from pytest_spml.watch.model import KINDS
 RUNS = Path(__file__).parent / "runs"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved check state and evidence default to ./.spml/watch: keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def last_time(path: Path) -> float:
     return json.loads(path.read_text().splitlines()[-1])["time"]
 
@@ -91,7 +97,7 @@ def test_unreachable_source_is_wait_never_stop(tmp_path: Path, capsys: pytest.Ca
 
 @pytest.mark.parametrize("argv, message", [
     (["check"], "no metrics source"),
-    (["check", "--wandb", "me/proj/run"], "--wandb is not available yet"),
+    (["check", "--log", "x.log", "--log-format", "regex"], "--log-format regex needs --regex"),
 ])
 def test_bad_input(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     assert loop_cli.main(argv) == 2
@@ -133,4 +139,4 @@ def test_no_history_leaves_the_context_alone(tmp_path: Path, capsys: pytest.Capt
     loop_cli.main(["check", "--log", str(path), "--context", str(context), "--no-history", "--now",
                    str(last_time(path) + 1), "--evidence-dir", str(tmp_path / "ev")])
     assert context.read_text() == "# Experiment context\n"
-    assert not (tmp_path / "ev").exists()  # CONTINUE writes no prompt
+    assert [p.name for p in (tmp_path / "ev").iterdir()] == ["training-check.png"]  # CONTINUE writes no prompt

@@ -1,0 +1,390 @@
+"""The training check as an engine: sources in, an incremental series, a verdict out.
+
+``TrainingCheck`` owns the reading state of every source and the bounded
+``RunSeries``; each ``poll()`` reads only what was added since the last one,
+runs the detectors and decides. ``spml-loop check`` polls once (and can
+persist the engine between invocations, so a re-check of a long log reads
+only the new lines); ``spml-loop watch`` keeps one engine for the whole run.
+
+Sources and their priority: when a WandB run is configured it is read first
+and the logs are the fallback (``source_status`` says ``wandb_ok``,
+``log_fallback`` or ``unreachable``); without WandB every log and TensorBoard
+directory is read (``ok`` or ``unreachable``). An unreachable source gives
+WAIT, never STOP.
+
+Standard library only at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import pickle
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InputError
+from ..fsutil import atomic_write
+from .decide import Verdict, decide
+from .detectors import RunSeries, WatchThresholds, detect_all
+from .model import Anomaly, Baseline, Record
+
+__all__ = ["SourceSpec", "CheckOutcome", "TrainingCheck", "load_baseline", "load_thresholds"]
+
+SOURCE_KINDS = ("log", "tensorboard", "wandb")
+LOG_FORMATS = ("auto", "jsonl", "nanogpt", "hf", "kv", "regex")
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One metrics source: a log file, a TensorBoard directory or a WandB run (online path or offline dir)."""
+
+    kind: str  # one of SOURCE_KINDS
+    target: str
+    fmt: str = "auto"  # logs only: one of LOG_FORMATS
+    regex: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source kind {self.kind!r} is not one of {SOURCE_KINDS}")
+        if self.fmt not in LOG_FORMATS:
+            raise ValueError(f"log format {self.fmt!r} is not one of {LOG_FORMATS}")
+        if self.fmt == "regex" and not self.regex:
+            raise InputError("--log-format regex needs --regex PATTERN (named groups step, loss, ...)")
+
+
+@dataclass
+class CheckOutcome:
+    """The result of one poll: what was read, what was found, what to do."""
+
+    verdict: Verdict
+    anomalies: list[Anomaly]
+    metrics: dict[str, float]  # the last value of every known metric
+    sources: list[str]  # one description per source read
+    source_status: str  # ok | wandb_ok | log_fallback | unreachable
+    new_records: int
+    step: int | None
+    baseline: Baseline
+    checked_at: float
+    notes: list[str] = field(default_factory=list)
+    series: RunSeries | None = field(default=None, repr=False, compare=False)  # for plots and summaries
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready document of ``spml-loop check --format json``."""
+        return {
+            "decision": self.verdict.decision, "status": self.verdict.status, "reason": self.verdict.reason,
+            "source": "; ".join(self.sources), "source_status": self.source_status, "step": self.step,
+            "expected_total_steps": self.baseline.expected_total_steps, "baseline": self.baseline.source,
+            "anomalies": [a.to_dict() for a in self.anomalies], "metrics": self.metrics,
+            "evidence": [a.evidence for a in self.anomalies][:20], "new_records": self.new_records,
+            "next_check": f"in {self.verdict.next_check_minutes} minutes",
+            "next_check_minutes": self.verdict.next_check_minutes,
+            "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.checked_at)),
+        }
+
+    def render(self) -> str:
+        """The training-check block of the terminal report."""
+        total = self.baseline.expected_total_steps
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(self.metrics.items()))[:300]
+        lines = [
+            f"Training check  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.checked_at))}",
+            f"  source:     {'; '.join(self.sources)} [{self.source_status}]",
+            f"  run:        step {self.step if self.step is not None else 'n/a'}" + (f" of {total}" if total else ""),
+            f"  baseline:   {self.baseline.source}",
+            f"  recent:     {shown or 'no metrics yet'}",
+            "  anomalies:  " + ("none" if not self.anomalies else ""),
+            *(f"    - [{a.severity}{', recovered' if a.recovered else ''}] {a.kind} at step {a.step}: {a.detail}"
+              for a in self.anomalies),
+            f"  decision:   {self.verdict.decision} ({self.verdict.status})",
+            f"  reason:     {self.verdict.reason}",
+            f"  next check: in {self.verdict.next_check_minutes} minutes",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+class _Source:
+    """One source with its reading state; ``read()`` feeds only new records to ``sink``."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.state: dict[str, Any] = {}
+        self.records = 0
+        self.status = "unread"  # ok | missing | unreachable
+        self.detail = ""
+
+    def read(self, sink: Any) -> int:
+        from . import sources
+
+        spec = self.spec
+        count = 0
+        if spec.kind == "wandb":
+            from . import wandb_source
+
+            result = wandb_source.read_wandb(spec.target, self.state)
+            self.state = result.state
+            self.status = "ok" if result.status == "wandb_ok" else "unreachable"
+            self.detail = result.detail
+            count = sink(result.records)
+        elif spec.kind == "tensorboard":
+            try:
+                found, self.state = sources.read_tensorboard(Path(spec.target), self.state)
+            except ImportError as exc:
+                raise InputError(str(exc), spec.target) from None
+            self.status = "missing" if self.state.get("note") == "missing" else "ok"
+            count = sink(found)
+        else:
+            path = Path(spec.target)
+            if not path.exists():
+                # a log that does not exist yet is "no data", not bad input: the run may not have started
+                self.status, self.detail = "missing", "not found"
+                return 0
+            if path.is_dir():
+                raise InputError("is a directory: pass a log file with --log, or a TensorBoard directory with "
+                                 "--tensorboard", path)
+            fmt = self.state.get("spml_format") or (sources.detect_format(path) if spec.fmt == "auto" else spec.fmt)
+            self.state["spml_format"] = fmt
+            if fmt == "jsonl":
+                for chunk in sources.iter_jsonl(path, self.state):
+                    count += sink(chunk)
+            elif fmt == "tensorboard":
+                found, self.state = sources.read_tensorboard(path, self.state)
+                self.state["spml_format"] = fmt
+                count = sink(found)
+            else:
+                preset = "auto" if fmt in ("text", "regex") else fmt
+                regex = spec.regex if fmt == "regex" else None
+                for chunk in sources.iter_text_log(path, preset, regex, self.state):
+                    count += sink(chunk)
+            self.status, self.detail = "ok", fmt
+        self.records += count
+        return count
+
+    def describe(self) -> str:
+        what = {"missing": "not found", "unreachable": f"unreachable: {self.detail}"}.get(self.status)
+        if what is None:
+            what = f"{self.detail or self.spec.kind}, {self.records} records"
+        return f"{self.spec.target} ({what})"
+
+    def saved_state(self) -> dict[str, Any]:
+        # TensorBoard accumulators are live objects: dropped, the reader reloads and still skips seen steps
+        return {k: v for k, v in self.state.items() if not k.startswith("_")}
+
+
+class TrainingCheck:
+    """An incremental training check over one or more sources."""
+
+    def __init__(self, sources: Sequence[SourceSpec], baseline: Baseline | None = None,
+                 thresholds: WatchThresholds | None = None, *, started_at: float | None = None) -> None:
+        if not sources:
+            raise InputError("no metrics source: pass --log PATH (repeatable), --tensorboard DIR or --wandb RUN")
+        self.specs = tuple(sources)
+        self.baseline = baseline or Baseline(source="run's own early steps")
+        self.thresholds = thresholds or WatchThresholds()
+        self.series = RunSeries(started_at=started_at)
+        self._sources = [_Source(spec) for spec in self.specs]
+        self.recent: deque[Record] = deque(maxlen=50)
+        self.checks = 0
+        self.healthy_checks = 0  # consecutive healthy checks: the adaptive interval grows with them
+        self.last_outcome: CheckOutcome | None = None
+        self._fallback_floor: int | None = None  # fallback logs feed only steps after what WandB gave
+
+    # reading -----------------------------------------------------------------------------------------------------
+    def _sink(self, floor: int | None = None):
+        def feed(records: list[Record]) -> int:
+            if floor is not None:
+                records = [r for r in records if r.step is None or r.step > floor]
+            if records:
+                self.series.add(records, received_at=time.time())
+                self.recent.extend(records)
+            return len(records)
+        return feed
+
+    def _read(self) -> tuple[int, str]:
+        primary = [s for s in self._sources if s.spec.kind == "wandb"]
+        others = [s for s in self._sources if s.spec.kind != "wandb"]
+        if primary:
+            new = sum(s.read(self._sink()) for s in primary)
+            if all(s.status == "ok" for s in primary):
+                self._fallback_floor = self.series.last_step
+                return new, "wandb_ok"
+            if not others:
+                return new, "unreachable"
+            floor = self._fallback_floor if self._fallback_floor is not None else None
+            new += sum(s.read(self._sink(floor)) for s in others)
+            return new, "log_fallback" if any(s.status == "ok" for s in others) else "unreachable"
+        new = sum(s.read(self._sink()) for s in others)
+        return new, "ok" if any(s.status == "ok" for s in others) else "unreachable"
+
+    def notify_restart(self, at: float | None = None) -> None:
+        """The run was restarted (from a checkpoint): staleness counts from now, not from the last record."""
+        self.series.started_at = time.time() if at is None else at
+        self.series.last_received = None
+
+    # deciding ----------------------------------------------------------------------------------------------------
+    def poll(self, now: float | None = None) -> CheckOutcome:
+        """Read what is new in every source, run the detectors, decide."""
+        new, status = self._read()
+        now = time.time() if now is None else now
+        anomalies = detect_all(self.series, self.baseline, self.thresholds, now)
+        reachable = status != "unreachable" and self.series.records > 0
+        verdict = decide(self.series, anomalies, self.baseline, now, source_ok=reachable,
+                         healthy_checks=self.healthy_checks, thresholds=self.thresholds)
+        self.checks += 1
+        self.healthy_checks = self.healthy_checks + 1 if verdict.healthy else 0
+        notes = [f"{s.spec.target}: {s.state['note']}" for s in self._sources
+                 if isinstance(s.state.get("note"), str) and s.state["note"]]
+        outcome = CheckOutcome(verdict=verdict, anomalies=list(anomalies), metrics=self._last_values(),
+                               sources=[s.describe() for s in self._sources], source_status=status,
+                               new_records=new, step=self.series.last_step, baseline=self.baseline,
+                               checked_at=now, notes=notes, series=self.series)
+        self.last_outcome = outcome
+        return outcome
+
+    def _last_values(self) -> dict[str, float]:
+        last: dict[str, float] = {}
+        for record in self.recent:
+            last.update(record.values)
+        return {k: v for k, v in last.items() if isinstance(v, float)}
+
+    # persistence -------------------------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """Identifies what this engine reads and how it judges: a saved state is reused only for the same."""
+        doc = {"sources": [vars(s) for s in self.specs], "baseline": vars(self.baseline),
+               "thresholds": repr(self.thresholds), "version": _STATE_VERSION}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        """Keep the reading positions and the bounded series for the next invocation (atomically)."""
+        doc = {"version": _STATE_VERSION, "fingerprint": self.fingerprint(), "series": self.series,
+               "recent": list(self.recent), "checks": self.checks, "healthy_checks": self.healthy_checks,
+               "sources": [s.saved_state() for s in self._sources],
+               "records": [s.records for s in self._sources], "fallback_floor": self._fallback_floor}
+        atomic_write(path, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def restore(self, path: Path) -> str | None:
+        """Continue from a state saved by ``save``; returns why it was not used (None when it was)."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return "no saved state"
+        except OSError as exc:
+            return f"saved state unreadable ({exc.strerror})"
+        try:
+            doc = _StateUnpickler(io.BytesIO(data)).load()
+        except Exception as exc:  # noqa: BLE001 - any damage means "start over", never a crash
+            return f"saved state unusable ({type(exc).__name__}); reading from the start"
+        if not isinstance(doc, dict) or doc.get("version") != _STATE_VERSION \
+                or doc.get("fingerprint") != self.fingerprint():
+            return "saved state belongs to other sources or settings; reading from the start"
+        self.series = doc["series"]
+        self.recent = deque(doc["recent"], maxlen=50)
+        self.checks, self.healthy_checks = int(doc["checks"]), int(doc["healthy_checks"])
+        self._fallback_floor = doc["fallback_floor"]
+        for source, state, records in zip(self._sources, doc["sources"], doc["records"]):
+            source.state, source.records = dict(state), int(records)
+        return None
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """Loads only the watchdog's own classes: a state file is data, never code."""
+
+    _ALLOWED = {
+        ("collections", "deque"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
+        ("pytest_spml.watch.detectors", "RunSeries"), ("pytest_spml.watch.detectors", "Track"),
+        ("pytest_spml.watch.detectors", "_Summary"), ("pytest_spml.watch.model", "Record"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a watchdog state file")
+        return super().find_class(module, name)
+
+
+def state_path(folder: Path, check: TrainingCheck) -> Path:
+    """Where ``check``'s state lives under ``folder``: one file per set of sources and settings."""
+    return folder / f"check-state-{check.fingerprint()}.pickle"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the context file: baseline and watchdog settings
+
+
+def _yaml_block(text: str, heading: str) -> tuple[str, int] | None:
+    """The first ```yaml block under ``heading`` and the line it starts on (1-based), or None."""
+    if heading not in text:
+        return None
+    after = text.split(heading, 1)[1]
+    cut = after.find("\n## ")
+    section = after if cut < 0 else after[:cut]
+    if "```yaml" not in section:
+        return None
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    start = text.index(heading) + len(heading) + section.index("```yaml") + len("```yaml")
+    return block, text[:start].count("\n") + 2
+
+
+def _read_context(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read the experiment context ({exc.strerror})", path) from None
+    except UnicodeDecodeError:
+        raise InputError("the experiment context is not UTF-8 text", path) from None
+
+
+def _load_yaml(block: str, path: Path, line: int, what: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(block)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(f"the {what} block is not valid YAML ({getattr(exc, 'problem', exc)})", path,
+                         line + (mark.line if mark is not None else 0)) from None
+
+
+def load_baseline(path: Path | None, total_steps: int | None = None) -> Baseline:
+    """The L1 baseline block of ``experiment-context.md`` (written by ``spml handoff``), else the run's own start."""
+    if path is None:
+        return Baseline(expected_total_steps=total_steps, source="run's own early steps")
+    text = _read_context(path)
+    found = _yaml_block(text, "## L1 baseline")
+    values: Any = {}
+    if found is not None:
+        values = _load_yaml(found[0], path, found[1], "L1 baseline") or {}
+        if not isinstance(values, dict):
+            raise InputError("the L1 baseline block must be `key: value` lines", path, found[1])
+
+    def number(key: str) -> float | None:
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        return None
+
+    expected = values.get("expected_total_steps")
+    expected = total_steps or (expected if isinstance(expected, int) and not isinstance(expected, bool) else None)
+    return Baseline(step_time_s=number("step_time_s"), samples_per_s=number("samples_per_s"),
+                    tokens_per_s=number("tokens_per_s"), mfu=number("mfu"), grad_norm=number("grad_norm"),
+                    loss_start=number("loss_start"), expected_total_steps=expected,
+                    source=f"L1 baseline in {path}" if values else "run's own early steps")
+
+
+def load_thresholds(path: Path | None) -> WatchThresholds:
+    """SPML's watchdog defaults, overridden by the context's "Watchdog settings" block (written by handoff)."""
+    if path is None or not path.is_file():
+        return WatchThresholds()
+    found = _yaml_block(_read_context(path), "## Watchdog settings")
+    if found is None:
+        return WatchThresholds()
+    settings = _load_yaml(found[0], path, found[1], "Watchdog settings") or {}
+    try:
+        return WatchThresholds.from_mapping(settings)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InputError(f"the Watchdog settings block is invalid ({exc})", path, found[1]) from None
