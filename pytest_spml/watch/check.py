@@ -127,11 +127,17 @@ class _Source:
         if spec.kind == "wandb":
             from . import wandb_source
 
-            result = wandb_source.read_wandb(spec.target, self.state)
+            fed = [0]
+
+            def stream(records: list[Record]) -> None:
+                fed[0] += sink(records)
+
+            # a check waits at most ~15 s for a rate-limited API, then falls back to the logs (never STOP)
+            result = wandb_source.read_wandb(spec.target, self.state, sink=stream, retries=3, max_delay=8.0)
             self.state = result.state
             self.status = "ok" if result.status == "wandb_ok" else "unreachable"
             self.detail = result.detail
-            count = sink(result.records)
+            count = fed[0] + sink(result.records)
         elif spec.kind == "tensorboard":
             try:
                 found, self.state = sources.read_tensorboard(Path(spec.target), self.state)
