@@ -44,7 +44,7 @@ def test_spml_loop_help_and_not_yet(tmp_path: Path) -> None:
     assert proc.returncode == 0
     for verb in ("check", "watch", "run", "iterate"):
         assert verb in proc.stdout
-    proc = run_script("spml-loop", "watch", "--log", "x.jsonl")
+    proc = run_script("spml-loop", "iterate", "--log", "x.jsonl")
     assert proc.returncode == 2
     assert "not yet available" in proc.stderr
     assert "Traceback" not in proc.stderr

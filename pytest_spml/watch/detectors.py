@@ -1045,6 +1045,15 @@ def detect_stale(series: RunSeries, baseline: Baseline | None = None, thresholds
                             evidence={"started_at": series.started_at, "now": now, "silent_s": _r(silent),
                                       "grace_s": grace})]
         return []
+    started = series.started_at
+    if started is not None and _same_clock(started, now) and started > last:
+        # restarted (from a checkpoint) after the last record: the new process gets a start-up grace of its own
+        silent = now - started
+        if silent <= grace:
+            return []
+        return [Anomaly("stale", series.last_step, f"no record {silent / 60:.1f} minutes after the restart "
+                                                   f"(grace {thresholds.startup_grace_minutes:g} minutes)", "severe",
+                        evidence={"restarted_at": started, "now": now, "silent_s": _r(silent), "grace_s": grace})]
     silent = now - last
     evidence: dict[str, Any] = {"last_record_time": last, "now": now, "silent_s": _r(silent), "clock": clock,
                                 "last_step": series.last_step, "steps_logged": series.steps_logged}

@@ -125,3 +125,15 @@ def test_final_summary_on_completion(tmp_path: Path, capsys) -> None:
     summary = (tmp_path / "ev" / "FINAL_SUMMARY.md").read_text()
     assert "Status: COMPLETE" in summary and "| loss |" in summary
     assert (tmp_path / "ev" / "completion-prompt.md").is_file()
+
+
+def test_a_restart_gets_its_own_start_up_grace(tmp_path: Path) -> None:
+    log = tmp_path / "m.jsonl"
+    log.write_text("".join(json.dumps({"step": i, "time": 1000.0 + i, "loss": 2.0 - i / 100}) + "\n"
+                           for i in range(40)))
+    engine = checking.TrainingCheck([checking.SourceSpec("log", str(log))])
+    assert engine.poll(now=1100).verdict.status == "STALE"  # 60 s silent after 1 s steps
+    engine.notify_restart(at=1100)
+    assert engine.poll(now=1200).verdict.decision != "STOP"  # loading the checkpoint: within the grace
+    late = engine.poll(now=1100 + 16 * 60)
+    assert late.verdict.status == "STALE" and "after the restart" in late.verdict.reason
