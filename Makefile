@@ -10,7 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e '.[torch]' numpy
+	$(PIP) install -c constraints.txt -e '.[torch,plot]' numpy
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core constraints.txt

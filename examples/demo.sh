@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# pytest-spml demo: runs the gates on the example project end to end.
+# pytest-spml demo: runs the gates, L1, the training check, the watchdog, autoresearch rounds and
+# diagnose on the example projects end to end.
 # Run it through `make demo` (which installs everything first), or directly with
 # `spml` on PATH. It works in a temporary copy: nothing in this checkout changes.
 set -euo pipefail
@@ -91,5 +92,32 @@ sed -n '/## L1 baseline/,/^```$/p' "$work/experiment-context.md" | sed -n '1,14p
 expect 0 spml conclude --report .spml/l1-report.json --result effective \
     --hypothesis "a 2-layer char transformer learns the corpus within the L1 budget" --log "$work/experiment-log.md"
 grep -E "Result|L1-LOSS|L1-RESUME" "$work/experiment-log.md"
+
+step "11. Training check: a real CPU run whose learning rate ramps into NaN gets STOP, with evidence"
+expect 1 spml-loop check --log "$repo_root/tests/watch/runs/lr_ramp_nan.jsonl" --total-steps 400 \
+    --evidence-dir "$work/evidence" --state-dir "$work/watch-state"
+sed -n '1,12p' "$work/evidence/recovery-prompt.md"
+ls "$work/evidence"
+
+step "12. Watchdog: spml-loop watch launches a training run, checks it every 2 s, sees it complete"
+cp -r "$here/mnist-mlp" "$work/watched"
+cd "$work/watched"
+expect 0 spml-loop watch --log runs/metrics.jsonl --total-steps 300 --interval 2 --no-progress \
+    --state-dir .spml/watch -- python train.py
+sed -n '1,8p' .spml/watch/FINAL_SUMMARY.md
+
+step "13. Autoresearch: three rounds of the built-in sampling researcher on the example project"
+cp -r "$here/mnist-mlp" "$work/research"
+cd "$work/research"
+git init -q -b autoresearch/demo && git add -A && git commit -qm "baseline: L1-validated MLP"
+expect 0 spml-loop run --researcher sample --max-rounds 3
+git log --oneline
+expect 0 spml-loop report
+ls .spml
+
+step "14. spml diagnose: the chargpt pipeline's data and determinism check out (nothing to blame)"
+cd "$work/chargpt"
+expect 0 spml diagnose --pipeline l1.py:CharGPTPipeline --checks data,determinism --steps 10 --out "$work/incident"
+sed -n '1,12p' "$work/incident/incident.md"
 
 printf '\n\033[1mDemo finished: every gate behaved as expected.\033[0m\n'

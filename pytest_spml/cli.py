@@ -39,9 +39,7 @@ def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     for module in _requested(argv):
-        command = import_command(module)
-        if command is not None:
-            command.add_parser(sub)
+        import_command(module).add_parser(sub)
     return parser
 
 

@@ -113,17 +113,10 @@ def execute(tool: str, run: Callable[[argparse.Namespace], Report], args: argpar
 
 
 def import_command(module: str) -> "Any":
-    """``pytest_spml.commands.<module>``, or None when that module does not exist (a verb not built yet).
+    """``pytest_spml.commands.<module>``: only the command being run is imported.
 
-    Only the command being run is imported: the hooks start on every commit
-    and must not pay for the others.
+    The hooks start on every commit and must not pay for the other commands.
     """
     import importlib
 
-    name = f"pytest_spml.commands.{module}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return None
+    return importlib.import_module(f"pytest_spml.commands.{module}")

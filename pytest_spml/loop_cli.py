@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .cliutil import EXIT_USAGE, ArgumentParser, add_output_options, error_document, execute, import_command, wants_json
+from .cliutil import EXIT_USAGE, ArgumentParser, execute, import_command
 
 # verb -> module under pytest_spml.commands, imported only when needed.
 VERBS = {
@@ -21,16 +21,10 @@ VERBS = {
     "iterate": "loop_iterate",
     "status": "loop_status",
     "report": "loop_report",
+    "pause": "loop_control",
+    "unpause": "loop_control",
+    "note": "loop_control",
 }
-_PLANNED = {
-    "watch": "supervise a training run: stop it on STOP, restart it from a checkpoint on environment failures",
-    "run": "autoresearch rounds under autoresearch-protocol.md",
-    "iterate": "ml-iteration rounds judged by compound criteria",
-    "status": "the state of the rounds in this repository",
-    "report": "a table and a plot of the rounds so far",
-}
-
-
 def _requested(argv: Sequence[str]) -> list[str]:
     for arg in argv:
         if not arg.startswith("-"):
@@ -47,15 +41,9 @@ def build_parser(argv: Sequence[str] = ()) -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pytest-spml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
-    for verb in _requested(argv):
-        module = import_command(VERBS[verb])
-        if module is not None:
-            module.add_parser(sub)
-            continue
-        text = _PLANNED[verb]
-        verb_parser = sub.add_parser(verb, help=f"{text} (not yet available)", description=text, add_help=True)
-        verb_parser.add_argument("rest", nargs="*", help="arguments, once the verb exists")
-        add_output_options(verb_parser)
+    modules = dict.fromkeys(VERBS[verb] for verb in _requested(argv))  # one module may serve several verbs
+    for module in modules:
+        import_command(module).add_parser(sub)
     return parser
 
 
@@ -64,21 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     try:
         args, unknown = parser.parse_known_args(argv)
-        if unknown and hasattr(args, "run"):
-            parser.parse_args(argv)  # implemented verbs take no unknown arguments: a one-line usage error
+        if unknown:
+            parser.parse_args(argv)  # no verb takes unknown arguments: a one-line usage error
     except SystemExit as exc:  # --help, --version and usage errors: return, do not exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if hasattr(args, "run"):
-        return execute(args.tool, args.run, args)
-    message = (f"not yet available in pytest-spml {__version__}; it is planned "
-               f"({_PLANNED[args.command]}); see the status table in the README")
-    sys.stderr.write(f"spml-loop {args.command}: {message}\n")
-    if wants_json(argv):
-        sys.stdout.write(error_document(f"spml-loop {args.command}", message) + "\n")
-    return EXIT_USAGE
+    return execute(args.tool, args.run, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -391,15 +391,14 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def spml_pipeline(pytestconfig: pytest.Config) -> Any:
     """Your L1Pipeline: override this fixture in conftest.py, or name it with the spml_l1_pipeline ini key."""
-    import importlib
+    from .l1.interface import import_pipeline_target
 
     target = str(pytestconfig.getini("spml_l1_pipeline")).strip()
     if not target:
         pytest.fail("L1 needs your pipeline: define a session fixture `spml_pipeline` in conftest.py returning an "
                     "L1Pipeline, or set spml_l1_pipeline = package.module:Class in the pytest ini", pytrace=False)
-    module_name, _, attr = target.partition(":")
     try:
-        obj = getattr(importlib.import_module(module_name), attr or "Pipeline")
+        obj = import_pipeline_target(target)
     except (ImportError, AttributeError) as exc:
         pytest.fail(f"spml_l1_pipeline = {target}: cannot import it ({exc}); use package.module:Class", pytrace=False)
     return obj() if isinstance(obj, type) else obj

@@ -39,14 +39,14 @@ def test_unknown_option_is_exit_2_on_one_line() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_spml_loop_help_and_not_yet(tmp_path: Path) -> None:
+def test_spml_loop_help_lists_every_verb(tmp_path: Path) -> None:
     proc = run_script("spml-loop", "--help")
     assert proc.returncode == 0
-    for verb in ("check", "watch", "run", "iterate"):
+    for verb in loop_cli.VERBS:
         assert verb in proc.stdout
-    proc = run_script("spml-loop", "iterate", "--log", "x.jsonl")
+    proc = run_script("spml-loop", "iterate", "--bogus")
     assert proc.returncode == 2
-    assert "not yet available" in proc.stderr
+    assert "unrecognized arguments: --bogus" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -85,8 +85,8 @@ def test_init_junit_lists_each_file(tmp_path: Path) -> None:
     report = tmp_path / "reports" / "init.xml"
     assert cli.main(["init", str(tmp_path / "proj"), "--junitxml", str(report)]) == 0
     suite = ET.parse(report).getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == "5"
-    assert {case.get("file") for case in suite.iter("testcase")} >= {"autoresearch-protocol.md",
+    assert suite is not None and suite.get("tests") == "6"
+    assert {case.get("file") for case in suite.iter("testcase")} >= {"autoresearch-protocol.md", "criteria.yaml",
                                                                       ".pre-commit-config.yaml"}
 
 

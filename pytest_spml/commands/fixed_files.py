@@ -115,25 +115,45 @@ def run(args: argparse.Namespace) -> Report:
             raise InputError(f"unknown revision '{args.base}': give a commit, branch or tag of this repository", root)
         return _not_enforced("the repository has no commits yet; nothing to compare against", mode, relpath)
 
-    # Let git walk the tree while PyYAML and pathspec import; the rules come
-    # from the base commit's protocol, so editing the protocol cannot widen them.
-    scan = Scan(repo, base, head, staged=args.staged, use_cache=not args.no_cache)
-    try:
-        from ..fixedfiles.compliance import judge
-        from ..fixedfiles.rulecache import RuleCache
-        from ..report import Report
+    from ..report import Report
 
-        cache = RuleCache(repo.git_dir / "spml" / "cache" if not args.no_cache else None)
-        report = Report(tool=TOOL)
-        rules = _rules(protocol_path, root, relpath, base, cache, report)
-    except BaseException:
-        scan.outputs()
-        raise
-    _fill_report(report, judge(scan, rules, cache), relpath)
+    report = Report(tool=TOOL)
+    compliance = check(repo, protocol_path, relpath, base, staged=args.staged, use_cache=not args.no_cache,
+                       notes=report.notes)
+    _fill_report(report, compliance, relpath)
     return report
 
 
-def _rules(protocol_path: Path, root: Path, relpath: str, base: str, cache: RuleCache, report: Report) -> Rules:
+def check(repo: gitcmd.RepoInfo, protocol_path: Path, relpath: str, base: str, *, staged: bool = False,
+          use_cache: bool = True, notes: list[str] | None = None,
+          extra_variable: tuple[str, ...] = ()) -> Compliance:
+    """The compliance core as a function: may the changes since ``base`` exist under the protocol?
+
+    ``repo.head`` is the commit compared as "committed since the base".
+    ``extra_variable`` adds globs that may differ (``spml-loop`` exempts its
+    own ``.spml/`` state folder). Notes about the rules go to ``notes``.
+    """
+    from ..fixedfiles.scan import Scan
+
+    # Let git walk the tree while PyYAML and pathspec import; the rules come
+    # from the base commit's protocol, so editing the protocol cannot widen them.
+    scan = Scan(repo, base, repo.head, staged=staged, use_cache=use_cache)
+    try:
+        from ..fixedfiles.compliance import Rules, judge
+        from ..fixedfiles.rulecache import RuleCache
+
+        cache = RuleCache(repo.git_dir / "spml" / "cache" if use_cache else None)
+        rules = _rules(protocol_path, repo.root, relpath, base, cache, notes if notes is not None else [])
+        if extra_variable:
+            rules = Rules(rules.protocol_path, list(rules.fixed.patterns),
+                          [*rules.variable.patterns, *extra_variable])
+    except BaseException:
+        scan.outputs()
+        raise
+    return judge(scan, rules, cache)
+
+
+def _rules(protocol_path: Path, root: Path, relpath: str, base: str, cache: RuleCache, notes: list[str]) -> Rules:
     """The base commit's rules, compiled once per base commit (the work-tree copy when the base lacks one)."""
     from ..fixedfiles.compliance import Rules
     from ..fixedfiles.rulecache import content_key
@@ -149,7 +169,7 @@ def _rules(protocol_path: Path, root: Path, relpath: str, base: str, cache: Rule
     if blob is None:
         from ..protocol import load_protocol
 
-        report.notes.append(f"{relpath} is not in the base commit; using the work-tree copy of the protocol")
+        notes.append(f"{relpath} is not in the base commit; using the work-tree copy of the protocol")
         return Rules.from_protocol(load_protocol(protocol_path, root))
     rules = Rules.from_protocol(_protocol_at_base(protocol_path, root, blob, relpath))
     cache.store("rules", key, rules.to_doc())

@@ -33,6 +33,7 @@ class Template:
 TEMPLATES = (
     Template("plan", "plan.md", "docs/plans/experiment-plan.md"),
     Template("protocol", "autoresearch-protocol.md", "autoresearch-protocol.md"),
+    Template("criteria", "criteria.yaml", "criteria.yaml"),
     Template("context", "experiment-context.md", "experiment-context.md"),
     Template("pre-commit", "pre-commit-config.yaml", ".pre-commit-config.yaml", formatted=True),
     Template("ci", "ci/spml.yml", ".github/workflows/spml.yml", formatted=True),

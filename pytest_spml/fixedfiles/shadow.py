@@ -140,7 +140,13 @@ class ShadowRepo:
             current = ""
         if current == base and index.is_file():
             return
-        head_file.write_text(base + "\n")
+        if not current:
+            head_file.write_text(base + "\n")  # git needs a HEAD to see a repository here
         # One-tree `read-tree -m` keeps the stat data of entries whose blob is
         # unchanged, so moving the base (each improving round) stays cheap.
-        self.git(["read-tree", "-m", base] if index.is_file() else ["read-tree", base])
+        # `-i`: the shadow index is only a stat cache, so a work tree that
+        # differs from it must not stop the move ("not uptodate. Cannot merge").
+        self.git(["read-tree", "-m", "-i", base] if index.is_file() else ["read-tree", base])
+        # HEAD names the index's tree only once the index holds it: a failed or
+        # killed move must not leave an old index that claims the new base.
+        head_file.write_text(base + "\n")

@@ -163,6 +163,39 @@ class L1Pipeline:
         return state
 
 
+def import_pipeline_target(target: str) -> Any:
+    """The object a ``spml_l1_pipeline`` target names: ``package.module:Attribute`` or ``path/to/file.py:Attribute``.
+
+    The attribute defaults to ``Pipeline``. A file path is imported with its folder first on
+    ``sys.path``, as ``python path/to/file.py`` would, so its sibling modules import too. Raises
+    ImportError or AttributeError (SyntaxError and the module's own errors propagate) for the caller to report.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    module_name, _, attr = target.rpartition(":") if ":" in target else (target, "", "")
+    if module_name.endswith(".py"):
+        path = Path(module_name).resolve()
+        if not path.is_file():
+            raise ImportError(f"no such file: {module_name}")
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {module_name}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module  # classes pickle (torch.save) by module name
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(path.stem, None)
+            raise
+    else:
+        module = importlib.import_module(module_name)
+    return getattr(module, attr or "Pipeline")
+
+
 def _first_tensor(batch: Any) -> "torch.Tensor | None":
     import torch
 

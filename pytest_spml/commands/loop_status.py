@@ -1,0 +1,63 @@
+"""``spml-loop status``: where the rounds in this repository stand (and a way to ask them to stop)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cliutil import add_output_options
+from ..errors import InputError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..report import Report
+
+TOOL = "spml-loop status"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "status", help="the state of the rounds in this repository",
+        description="Show the loop in .spml/: running or not, the round and step in progress, the best metric, "
+                    "the last rounds and any plateau warning. Exit 0; 2 when there is no loop.")
+    parser.add_argument("--repo", metavar="DIR", default=".", help="the repository (default: current directory)")
+    parser.add_argument("--last", type=int, default=5, metavar="N", help="rounds to show (default 5)")
+    parser.add_argument("--stop", action="store_true",
+                        help="ask the running loop to stop after the round in progress (writes .spml/stop)")
+    add_output_options(parser)
+    parser.set_defaults(run=run, tool=TOOL)
+    return parser
+
+
+def run(args: argparse.Namespace) -> Report:
+    from .. import gitcmd
+    from ..fsutil import atomic_write
+    from ..loop import summary
+    from ..loop.experiences import load_rows
+    from ..loop.state import LoopPaths, holder_pid, load_state
+    from ..report import Report
+
+    root = gitcmd.repo_info(args.repo).root
+    paths = LoopPaths(root)
+    state = load_state(paths)
+    if state is None:
+        raise InputError("no loop in this repository (no .spml/state.json); start one with `spml-loop run`",
+                         paths.state)
+    rows = load_rows(paths)
+    pid = holder_pid(paths.lock)
+    report = Report(tool=TOOL)
+    if args.stop:
+        if pid is None:
+            report.notes.append("no loop is running; nothing to stop")
+        else:
+            atomic_write(paths.stop, "stop requested by spml-loop status --stop\n")
+            report.notes.append(f"asked the loop (pid {pid}) to stop after the round in progress")
+    running = f"running (pid {pid})" if pid else "not running"
+    extra = [f"{TOOL}: {running}; {state.rounds_done} round(s) recorded; experiences in "
+             f"{paths.rel(paths.experiences)}", *report.notes]
+    if paths.stop.exists():
+        extra.append(f"{TOOL}: a stop is requested ({paths.rel(paths.stop)})")
+    shown = [r for r in rows if r.kind == "round"][-max(0, args.last):] if args.last > 0 else []
+    summary.fill(report, state, shown, paths, f"spml-loop status: {state.branch}", extra, with_rounds=False)
+    report.summary.update(running=pid is not None, pid=pid, stop_requested=paths.stop.exists(),
+                          rounds=[r.to_dict() for r in rows])
+    return report
