@@ -71,8 +71,6 @@ def _not_enforced(why: str, mode: str, protocol: str | None = None) -> Report:
 
 
 def run(args: argparse.Namespace) -> Report:
-    from ..fixedfiles.scan import Scan
-
     repo = gitcmd.repo_info(args.repo)
     root = repo.root
     if args.protocol:

@@ -11,7 +11,6 @@ built from ``run``'s), plus ``--criteria`` and ``--keep-going``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 

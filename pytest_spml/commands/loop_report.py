@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ..cliutil import add_output_options
-from ..errors import InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,18 +47,12 @@ def plot_rounds(path: Path, state, rows) -> tuple[Path | None, str]:  # noqa: AN
 
 
 def run(args: argparse.Namespace) -> Report:
-    from .. import gitcmd
     from ..loop import summary
     from ..loop.experiences import load_rows
-    from ..loop.state import LoopPaths, load_state
+    from ..loop.state import existing_loop
     from ..report import Report
 
-    root = gitcmd.repo_info(args.repo).root
-    paths = LoopPaths(root)
-    state = load_state(paths)
-    if state is None:
-        raise InputError("no loop in this repository (no .spml/state.json); start one with `spml-loop run`",
-                         paths.state)
+    paths, state = existing_loop(args.repo)
     rows = load_rows(paths)
     report = Report(tool=TOOL)
     extra: list[str] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..cliutil import add_output_options
-from ..errors import InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,19 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> Report:
-    from .. import gitcmd
     from ..fsutil import atomic_write
     from ..loop import summary
     from ..loop.experiences import load_rows
-    from ..loop.state import LoopPaths, holder_pid, load_state
+    from ..loop.state import existing_loop, holder_pid
     from ..report import Report
 
-    root = gitcmd.repo_info(args.repo).root
-    paths = LoopPaths(root)
-    state = load_state(paths)
-    if state is None:
-        raise InputError("no loop in this repository (no .spml/state.json); start one with `spml-loop run`",
-                         paths.state)
+    paths, state = existing_loop(args.repo)
     rows = load_rows(paths)
     pid = holder_pid(paths.lock)
     report = Report(tool=TOOL)

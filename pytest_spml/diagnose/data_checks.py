@@ -126,8 +126,6 @@ def runs_to_device(batch: Any, device: Any) -> Any:
 
 def scan_batches(make: Callable[[], Any], *, device: str, seed: int, n: int) -> DataScan:
     """NaN/Inf in the inputs and out-of-range labels of the first ``n`` training batches."""
-    import torch
-
     from .bisect_batches import nonfinite_rows
 
     pipeline = make()

@@ -209,3 +209,16 @@ def load_state(paths: LoopPaths) -> LoopState | None:
 def save_state(paths: LoopPaths, state: LoopState) -> None:
     state.updated_at = time.time()
     atomic_write(paths.state, json.dumps(state.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def existing_loop(repo: str | Path) -> tuple[LoopPaths, LoopState]:
+    """The loop of the repository at ``repo`` (for status and report): bad input when there is none."""
+    from .. import gitcmd
+    from ..errors import InputError
+
+    paths = LoopPaths(gitcmd.repo_info(repo).root)
+    state = load_state(paths)
+    if state is None:
+        raise InputError("no loop in this repository (no .spml/state.json); start one with `spml-loop run`",
+                         paths.state)
+    return paths, state
