@@ -156,8 +156,8 @@ class _Source:
                                  "--tensorboard", path)
             fmt = self.state.get("spml_format") or (sources.detect_format(path) if spec.fmt == "auto" else spec.fmt)
             self.state["spml_format"] = fmt
-            if fmt == "jsonl":
-                for chunk in sources.iter_jsonl(path, self.state):
+            if fmt == "jsonl":  # chunks kept as columns: the series ingests them without a Record per line
+                for chunk in sources.iter_jsonl_chunks(path, self.state):
                     count += sink(chunk)
             elif fmt == "tensorboard":
                 found, self.state = sources.read_tensorboard(path, self.state)
@@ -208,7 +208,7 @@ class TrainingCheck:
                 records = [r for r in records if r.step is None or r.step > floor]
             if records:
                 self.series.add(records, received_at=time.time())
-                self.recent.extend(records)
+                self.recent.extend(records[-self.recent.maxlen:])  # only what the deque keeps
             return len(records)
         return feed
 

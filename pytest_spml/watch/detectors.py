@@ -5,7 +5,10 @@ incrementally and keeps, per metric, only the last ``cap`` points plus running
 aggregates (the first ``head`` finite values, a Welford mean and variance, an
 EMA, min and max, counts of non-finite values and a decimated whole-run
 summary of at most ``summary_cap`` buckets). Memory does not grow with the
-length of the run, so a watchdog can keep one series alive for weeks.
+length of the run, so a watchdog can keep one series alive for weeks. A large
+chunk (a long list of Records, or a reader's ``Columns``) is ingested column
+by column with C-speed builtins: a first check of a multi-GB log costs little
+more than parsing it.
 
 Every detector has the signature ``detect_<kind>(series, baseline, thresholds,
 now) -> list[Anomaly]`` and puts the numbers it compared in ``evidence``.
@@ -18,14 +21,18 @@ Standard library only: this module runs inside long-lived watch loops.
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, Mapping
+from functools import reduce
+from itertools import compress, islice, repeat
+from operator import add, attrgetter, le, lt, mul, not_, sub, truediv
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from .model import KINDS, Anomaly, Baseline, Record
 
 __all__ = [
-    "DETECTORS", "ROLES", "RunSeries", "Track", "WatchThresholds", "detect_all", "detect_divergence",
+    "DETECTORS", "ROLES", "Columns", "RunSeries", "Track", "WatchThresholds", "detect_all", "detect_divergence",
     "detect_eval_degradation", "detect_grad_explosion", "detect_grad_vanishing", "detect_loss_spike",
     "detect_lr_schedule", "detect_nan_inf", "detect_plateau", "detect_stale", "detect_throughput_drop",
 ]
@@ -160,6 +167,88 @@ _EPOCH = 1e9  # times above this are Unix time; below, seconds since some start 
 # the series
 
 
+class Columns(NamedTuple):
+    """A chunk of records column by column: what ``RunSeries.add`` ingests without touching a Record per row.
+
+    A reader that already holds its rows as columns (``sources.JsonlChunk``)
+    hands them over through a ``to_columns()`` method; a list of Records is
+    turned into columns by ``RunSeries.add`` itself. Either way the series ends
+    in the state that adding the Records one by one gives.
+    """
+
+    steps: list  # per row: int, or None (the row gets the last step + 1)
+    times: list  # per row: a finite float, or None
+    # name -> (the rows that have a value, ascending, or None: every row; the values there, floats)
+    values: dict[str, tuple[list[int] | None, list[float]]]
+    ignored: int  # values already dropped as non-numbers (they count in RunSeries.ignored_values)
+    names: Callable[[int], Iterable[str]]  # the value names of row i in the row's order (which track comes first)
+    line: Callable[[int], str]  # where row i came from ("path:line")
+
+
+# Below this many records, RunSeries.add takes them one by one (columns do not pay for themselves).
+_COLUMNS_MIN = 64
+_PART = 2048  # Track.extend's aggregates take this many points at a time (they fit in the CPU cache)
+_ABSENT = object()
+_STEP, _TIME, _VALUES = attrgetter("step"), attrgetter("time"), attrgetter("values")
+# sum() adds floats one by one up to Python 3.11, bit for bit what `total += value` in a loop gives; from 3.12
+# it compensates rounding errors, so the loop's result needs reduce there
+_seq_sum = sum if sys.version_info < (3, 12) else (lambda values, start: reduce(add, values, start))
+_EMA_TAIL = 4096  # points an EMA is summed over at a time
+_EMA_WEIGHTS: dict[float, tuple[list[float], float]] = {}
+
+
+def _ema_weights(alpha: float) -> tuple[list[float], float]:
+    """([alpha q^4095, ..., alpha q, alpha], q = 1 - alpha): an EMA's weights over 4096 points, newest last."""
+    found = _EMA_WEIGHTS.get(alpha)
+    if found is None:
+        q = 1.0 - alpha
+        found = _EMA_WEIGHTS[alpha] = ([alpha * q ** k for k in range(_EMA_TAIL - 1, -1, -1)], q)
+    return found
+
+
+def _sorted(values: list) -> bool:
+    """Non-decreasing (C-speed: one comparison per neighbouring pair)."""
+    return all(map(le, values, islice(values, 1, None)))
+
+
+def _record_columns(records: list) -> Columns | None:
+    """A list of Records as Columns (None: some row is unusual, take the records one by one)."""
+    try:
+        steps = list(map(_STEP, records))
+        times = list(map(_TIME, records))
+        rows = list(map(_VALUES, records))
+    except AttributeError:
+        return None
+    if not set(map(type, steps)) <= {int, type(None)} or set(map(type, rows)) != {dict}:
+        return None
+    if set(map(type, times)) != {float} or not all(map(math.isfinite, times)):
+        times = [t if isinstance(t, (int, float)) and math.isfinite(t) else None for t in times]
+    n = len(records)
+    values: dict[str, tuple[list[int] | None, list[float]]] = {}
+    ignored = 0
+    get = dict.get
+    for name in set().union(*rows):
+        column = list(map(get, rows, repeat(name), repeat(_ABSENT)))
+        if name not in _BY_NAME:  # every value under a name no role knows is ignored, whatever it is
+            ignored += n - column.count(_ABSENT)
+            continue
+        if set(map(type, column)) == {float}:
+            values[name] = (None, column)
+            continue
+        where, points = [], []
+        for i, v in enumerate(column):  # what RunSeries takes one record at a time: numbers but not booleans
+            if v is _ABSENT:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                ignored += 1
+            else:
+                where.append(i)
+                points.append(float(v))
+        if points:
+            values[name] = (where, points)
+    return Columns(steps, times, values, ignored, lambda i: records[i].values, lambda i: records[i].line)
+
+
 class _Summary:
     """A whole-run summary in at most ``cap`` buckets: adjacent buckets merge pairwise when it fills up."""
 
@@ -184,6 +273,35 @@ class _Summary:
         last[4] += value * value
         last[5] = min(last[5], value)
         last[6] = max(last[6], value)
+
+    def extend(self, steps: list[int], values: list[float]) -> list[tuple[int, int, float, float]]:
+        """``add`` for each (step, value) in turn, a bucket's worth of values at a time (the same sums, bit for bit).
+
+        Returns the pieces it took, (start, end, min, max) of ``values[start:end]``, in order: the caller's
+        minimum and maximum without another pass over the values.
+        """
+        pieces = []
+        i, n = 0, len(values)
+        while i < n:
+            last = self.buckets[-1] if self.buckets else None
+            if last is None or last[2] >= self.width:
+                value = values[i]
+                self.add(steps[i], value)  # opens a bucket (and may halve)
+                pieces.append((i, i + 1, value, value))
+                i += 1
+                continue
+            take = min(n - i, int(self.width - last[2]))
+            part = values[i:i + take]
+            low, high = min(part), max(part)
+            last[1] = steps[i + take - 1]
+            last[2] += take
+            last[3] = _seq_sum(part, last[3])
+            last[4] = _seq_sum(map(mul, part, part), last[4])
+            last[5] = min(last[5], low)
+            last[6] = max(last[6], high)
+            pieces.append((i, i + take, low, high))
+            i += take
+        return pieces
 
     def _halve(self) -> None:
         merged = []
@@ -280,6 +398,134 @@ class Track:
             self.min_since_max = min(self.min_since_max, value)
         self.summary.add(step, value)
 
+    def extend(self, steps: list[int], values: list[float], line: Callable[[int], str],
+               tail: list[str] | None = None) -> None:
+        """``add`` for every point in turn when the steps do not go back (not below ``last_step`` either).
+
+        The same state as ``add`` point by point, with C-speed builtins over
+        the points (``min``/``max``, slices into the recent window and the
+        summary): bit for bit, except the running mean, variance and EMA, which
+        are combined per chunk (equal up to rounding, see ``_aggregate``).
+        ``line(j)`` is where point j came from; it is asked only for the points
+        that are kept. ``tail``: the lines of the last points when the caller
+        has them already (as many as the recent window keeps, or every point).
+        """
+        n = len(values)
+        if n == 0:
+            return
+        keep = max(0, n - self.recent.maxlen) if self.recent.maxlen is not None else 0
+        lines = tail[len(tail) - (n - keep):] if tail is not None and len(tail) >= n - keep \
+            else map(line, range(keep, n))
+        self.recent.extend(zip(steps[keep:], values[keep:], lines))
+        self.count += n
+        self.last, self.last_step = values[-1], steps[-1]
+        finite, ema = self.finite, self.ema
+        for start in range(0, n, _PART):  # a part at a time: its values stay in the CPU cache over the passes
+            if start == 0 and n <= _PART:
+                self._extend_part(steps, values, line, 0)
+            else:
+                self._extend_part(steps[start:start + _PART], values[start:start + _PART], line, start)
+        if self.finite > finite:
+            self.ema = self._ema(ema, values, self.finite - finite)
+
+    def _extend_part(self, steps: list[int], values: list[float], line: Callable[[int], str], offset: int) -> None:
+        """``extend`` over some consecutive points, but the EMA (``line(offset + j)``: point j's line)."""
+        if not all(map(math.isfinite, values)):
+            ok = list(map(math.isfinite, values))
+            bad = list(compress(range(len(values)), map(not_, ok)))
+            self.nonfinite += len(bad)
+            j = bad[0]
+            if self.first_nonfinite is None:
+                self.first_nonfinite = (steps[j], values[j], line(offset + j))
+            j = bad[-1]
+            self.last_nonfinite = (steps[j], values[j], line(offset + j))
+            steps, values = list(compress(steps, ok)), list(compress(values, ok))
+            if not values:
+                return
+        if len(self.head) < self.head_size:
+            self.head.extend(zip(steps[:self.head_size - len(self.head)], values))
+        pieces = self.summary.extend(steps, values)
+        # add() keeps the first point below the minimum, the first above the maximum, and the lowest point after
+        # the maximum; the pieces' own minima and maxima find them
+        lows = [p[2] for p in pieces]
+        low = min(lows)
+        highs = [p[3] for p in pieces]
+        high = max(highs)
+        self._aggregate(values, low == high)
+        if low < self.min:
+            start, end = pieces[lows.index(low)][:2]
+            self.min, self.min_step = low, steps[values.index(low, start, end)]
+        if high > self.max:
+            k = highs.index(high)
+            start, end = pieces[k][:2]
+            j = values.index(high, start, end)
+            self.max, self.max_step = high, steps[j]
+            self.min_since_max = min(min(values[j + 1:end], default=math.inf), min(lows[k + 1:], default=math.inf))
+        else:
+            self.min_since_max = min(self.min_since_max, low)
+
+    def _aggregate(self, values: list[float], constant: bool) -> None:
+        """Welford's mean and variance over finite ``values`` (all equal: ``constant``), as one chunk.
+
+        Per chunk, not per point: the chunk's mean and sum of squared
+        deviations combined with the running ones (Chan et al.): the same
+        numbers as ``add`` point by point up to rounding (relative differences
+        around 1e-15), exactly where the values are all equal (a variance of
+        0, not of 1e-30); point by point for values so large that the sums
+        would overflow.
+        """
+        m = len(values)
+        if constant:
+            chunk_mean, chunk_m2 = values[0], 0.0
+        else:
+            chunk_mean = sum(values) / m
+            distance = math.dist(values, [chunk_mean] * m)  # the root of the sum of squared deviations, in C
+            chunk_m2 = distance * distance
+        if not (math.isfinite(chunk_mean) and math.isfinite(chunk_m2)):
+            count, mean, m2 = self.finite, self.mean, self._m2
+            for value in values:
+                count += 1
+                delta = value - mean
+                mean += delta / count
+                m2 += delta * (value - mean)
+            self.finite, self.mean, self._m2 = count, mean, m2
+            return
+        n = self.finite
+        total = n + m
+        if n == 0:
+            self.mean, self._m2 = chunk_mean, chunk_m2
+        else:
+            delta = chunk_mean - self.mean
+            self.mean += delta * m / total
+            self._m2 += chunk_m2 + delta * delta * (n * m / total)
+        self.finite = total
+
+    def _ema(self, ema: float | None, values: list[float], added: int) -> float:
+        """The EMA after ``values`` (``added`` of them finite), from ``ema`` before them, in closed form.
+
+        e_k = q^k e_0 + sum(alpha q^(k-i) v_i), q = 1 - alpha. Only the last
+        ``_EMA_TAIL`` points are summed when the older ones cannot matter: their
+        weight is at most q^_EMA_TAIL and they lie between the run's minimum
+        and maximum; otherwise every point (in pieces of ``_EMA_TAIL``).
+        """
+        tail = values[-_EMA_TAIL:]
+        if not all(map(math.isfinite, tail)):
+            tail = list(compress(tail, map(math.isfinite, tail)))
+        weights, q = _ema_weights(self.ema_alpha)
+        if len(tail) < added:
+            if tail:
+                start = tail[0] if ema is None else ema  # stands in for the EMA before the tail: anything in range
+                estimate = start * q ** len(tail) + sum(map(mul, weights[_EMA_TAIL - len(tail):], tail))
+                if 2 * max(abs(self.min), abs(self.max)) * q ** len(tail) <= abs(estimate) * 2.0 ** -60:
+                    return estimate
+            tail = [v for v in values if math.isfinite(v)]
+        if ema is None:
+            ema, tail = tail[0], tail[1:]
+        for start in range(0, len(tail), _EMA_TAIL):
+            part = tail[start:start + _EMA_TAIL]
+            ema = ema * q ** len(part) + sum(map(mul, weights[_EMA_TAIL - len(part):], part))
+        return ema
+
     @property
     def std(self) -> float:
         return math.sqrt(self._m2 / (self.finite - 1)) if self.finite > 1 else 0.0
@@ -332,7 +578,29 @@ class RunSeries:
 
     # ingest ------------------------------------------------------------------------------------------------------
     def add(self, records: Iterable[Record], *, received_at: float | None = None) -> int:
-        """Ingest records; returns how many were added."""
+        """Ingest records; returns how many were added.
+
+        ``records`` is any iterable of Records, or a chunk with a
+        ``to_columns()`` method (``sources.JsonlChunk``) that can hand its rows
+        over as ``Columns``. A large chunk is ingested column by column (a first
+        check of a long log is dominated by this): the same state as adding the
+        records one at a time, bit for bit, but for each metric's running mean,
+        variance and EMA, which are combined per chunk and agree up to rounding
+        (relative differences around 1e-15; see ``Track.extend``).
+        """
+        to_columns = getattr(records, "to_columns", None)
+        columns = to_columns() if callable(to_columns) else None
+        if columns is None:
+            records = records if isinstance(records, list) else list(records)
+            if len(records) >= _COLUMNS_MIN:
+                columns = _record_columns(records)
+        added = self._add_columns(columns) if columns is not None else self._add_each(records)
+        if added and received_at is not None:
+            self.last_received = received_at
+        return added
+
+    def _add_each(self, records: Iterable[Record]) -> int:
+        """The reference ingest: one record, one value at a time."""
         added = 0
         for record in records:
             added += 1
@@ -353,9 +621,121 @@ class RunSeries:
                     track = self.tracks[name] = Track(name, role, higher, self.cap, self.head, self.summary_cap,
                                                       self.ema_alpha)
                 track.add(step, float(value) * scale, record.line)
-        if added and received_at is not None:
-            self.last_received = received_at
         return added
+
+    def _add_columns(self, columns: Columns) -> int:
+        """``_add_each`` for a chunk given as columns (see ``add``: the same state, up to rounding in three
+        running aggregates); rows that go back in steps or time take the reference path, row by row."""
+        steps, times, values = columns.steps, columns.times, columns.values
+        n = len(steps)
+        if n == 0:
+            return 0
+        self.records += n
+        if None in steps:  # no step: the last step + 1 (the last step is always the previous row's)
+            last, numbered = self.last_step, []
+            for step in steps:
+                last = step if step is not None else (last + 1 if last is not None else 0)
+                numbered.append(last)
+            steps = numbered
+        in_order = (self.last_step is None or steps[0] >= self.last_step) and _sorted(steps)
+        if in_order and set(map(type, times)) == {float} and _sorted(times) \
+                and (self.last_time is None or times[0] >= self.last_time):
+            self._clock_columns(steps, times)
+        else:  # rewinds, records without a time, a clock that went back: row by row
+            for step, t in zip(steps, times):
+                self._clock(step, t)
+        self.ignored_values += columns.ignored
+        known = {}
+        for name, (_, points) in values.items():
+            info = _BY_NAME.get(name)
+            if info is None:
+                self.ignored_values += len(points)
+            elif points:
+                known[name] = info
+        first = {name: (where[0] if where is not None else 0) for name, (where, _) in values.items()
+                 if name in known and name not in self.tracks}
+        if first:  # create the tracks in the order _add_each meets them: by first row, then the row's own order
+            for row in sorted(set(first.values())):
+                for name in columns.names(row):
+                    if first.get(name) == row and name not in self.tracks:
+                        self._new_track(name)
+            for name in first:
+                if name not in self.tracks:
+                    self._new_track(name)
+        line = columns.line
+        everywhere: list[str] | None = None  # the lines of the last rows, for metrics on every row
+        shared: dict[int, tuple[list, list[str], Callable[[int], str]]] = {}  # by rows list: metrics logged together
+        for name, (_, scale, _) in known.items():
+            where, points = values[name]
+            if where is None:
+                if everywhere is None:
+                    everywhere = list(map(line, range(max(0, n - self.cap), n)))
+                track_steps, tail, line_of = steps, everywhere, line
+            else:
+                found = shared.get(id(where))
+                if found is None:
+                    found = shared[id(where)] = (list(map(steps.__getitem__, where)),
+                                                 list(map(line, where[-self.cap:])),
+                                                 lambda j, where=where: line(where[j]))
+                track_steps, tail, line_of = found
+            if scale != 1.0:
+                points = list(map(mul, points, repeat(scale)))
+            track = self.tracks[name]
+            if in_order and (track.last_step is None or track_steps[0] >= track.last_step):
+                track.extend(track_steps, points, line_of, tail)
+            else:
+                for j, (step, value) in enumerate(zip(track_steps, points)):
+                    track.add(step, value, line_of(j))
+        return n
+
+    def _new_track(self, name: str) -> None:
+        role, _, higher = _BY_NAME[name]
+        self.tracks[name] = Track(name, role, higher, self.cap, self.head, self.summary_cap, self.ema_alpha)
+
+    def _clock_columns(self, steps: list[int], times: list[float]) -> None:
+        """``_clock`` for each row when steps and times do not go back and every row has a time."""
+        if self.first_step is None:
+            self.first_step = steps[0]
+        # a row "advances" when its step is above the previous row's (the first: above the last step)
+        first_advances = self.last_step is None or steps[0] > self.last_step
+        if all(map(lt, steps, islice(steps, 1, None))):
+            advancing = None if first_advances else [False] + [True] * (len(steps) - 1)
+        else:
+            advancing = [first_advances, *map(lt, steps, islice(steps, 1, None))]
+        self.steps_logged += len(steps) if advancing is None else advancing.count(True)
+        self.last_step = steps[-1]
+        if self.first_time is None:
+            self.first_time = times[0]
+        gap = max(map(sub, islice(times, 1, None), times), default=0.0)
+        if self.last_time is not None and times[0] > self.last_time:
+            gap = max(gap, times[0] - self.last_time)
+        self.max_gap = max(self.max_gap, gap)
+        latest = max(times)
+        self.last_time = latest if self.last_time is None else max(self.last_time, latest)
+        if advancing is not None:
+            steps, times = list(compress(steps, advancing)), list(compress(times, advancing))
+            if not steps:
+                return
+        tick = self._tick
+        if tick is not None and tick[0] is not None:
+            steps, times = [tick[1], *steps], [tick[0], *times]
+        self._tick = (times[-1], steps[-1])
+        pairs = len(steps) - 1  # pair j: rows j and j + 1 of the advancing rows
+        if pairs <= 0:
+            return
+        cap = self.step_seconds.maxlen or pairs
+        start = max(0, pairs - cap)
+        per_step, intervals = _per_step(steps[start:], times[start:])
+        if start and len(per_step) < cap:  # some pairs in the tail did not count: take them all
+            per_step, intervals = _per_step(steps, times)
+        self.step_seconds.extend(per_step[-cap:])
+        self.log_intervals.extend(intervals[-cap:])
+        need = self.head - len(self.head_step_seconds)
+        if need > 0:
+            early = _per_step(steps[:need + 1], times[:need + 1])[0]
+            if len(early) < need and pairs > need:
+                early = _per_step(steps, times)[0]
+            self.head_step_seconds.extend(early[:need])
 
     def _clock(self, step: int, t: float | None) -> None:
         if self.first_step is None:
@@ -428,6 +808,17 @@ class RunSeries:
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _per_step(steps: list[int], times: list[float]) -> tuple[list[float], list[float]]:
+    """Seconds per step and seconds between consecutive (step, time) rows, for the pairs whose time and step
+    both advance (what ``RunSeries._clock`` records)."""
+    dt = list(map(sub, islice(times, 1, None), times))
+    ds = list(map(sub, islice(steps, 1, None), steps))
+    if min(dt, default=1.0) <= 0 or min(ds, default=1) <= 0:
+        ok = [a > 0 and b > 0 for a, b in zip(dt, ds)]
+        dt, ds = list(compress(dt, ok)), list(compress(ds, ok))
+    return list(map(truediv, dt, ds)), dt
 
 
 def _median(values: list[float]) -> float:

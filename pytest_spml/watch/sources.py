@@ -31,6 +31,11 @@ complete object is taken (``json.dump(obj, f); f.write("\\n")`` writers and
 logs that end without a newline), which is safe: no longer line can start
 with a complete object.
 
+``iter_jsonl_chunks`` reads like ``iter_jsonl`` but yields ``JsonlChunk``
+objects: the same records, kept as columns (steps, times, one list per metric)
+that ``RunSeries.add`` ingests without building a Record per line. That is
+how a first check of a multi-GB log stays within 2x a bare ``json.loads`` loop.
+
 Only the standard library is imported here; ``read_tensorboard`` imports
 ``tensorboard`` when it is called.
 """
@@ -46,15 +51,19 @@ import math
 import os
 import re
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import compress, repeat
+from operator import add, eq, is_not, itemgetter
 from typing import Any, Callable
 
+from pytest_spml.watch.detectors import Columns
 from pytest_spml.watch.model import Record
 
 __all__ = [
-    "STEP_KEYS", "TIME_KEYS", "TEXT_PRESETS", "detect_format", "read_source",
-    "read_jsonl", "iter_jsonl", "read_text_log", "iter_text_log", "read_tensorboard",
+    "STEP_KEYS", "TIME_KEYS", "TEXT_PRESETS", "JsonlChunk", "detect_format", "read_source",
+    "read_jsonl", "iter_jsonl", "iter_jsonl_chunks", "read_text_log", "iter_text_log", "read_tensorboard",
 ]
 
 STEP_KEYS = ("step", "iter", "iteration", "global_step", "_step", "epoch_step")
@@ -256,7 +265,10 @@ def _to_time(value: Any) -> float | None:
     if kind is float:
         return value if math.isfinite(value) else None
     if kind is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float: no time
+            return None
     if kind is str:
         text = value.strip()
         try:
@@ -338,7 +350,10 @@ def _parse_jsonl_block(text: str, lineno: int, src: str, state: dict, out: list)
                 when = _to_time(when)
             if when is None:
                 when = _pop_first(obj, TIME_KEYS, _to_time)[0]
-        values = {key(k, k): v if type(v) is float else float(v) for k, v in obj.items() if type(v) in numeric}
+        try:
+            values = {key(k, k): v if type(v) is float else float(v) for k, v in obj.items() if type(v) in numeric}
+        except OverflowError:  # an integer beyond any float: _to_float makes it +/-inf
+            values = {}
         if len(values) != len(obj):  # strings, nulls, booleans, nested dicts: the careful way
             try:
                 values = _values(obj)
@@ -347,6 +362,313 @@ def _parse_jsonl_block(text: str, lineno: int, src: str, state: dict, out: list)
                 continue
         append(rec(step, when, values, f"{src}:{lineno}"))
     return lineno - start
+
+
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_BLOCK = 2048  # lines turned into columns at a time, while their parsed objects are still in the CPU cache
+_MAX_DEPTH = 32  # objects nested deeper than this: the chunk is read line by line
+_ABSENT = object()
+_FLOAT = frozenset((float,))
+_FLOAT_INT = frozenset((float, int))
+_PLAIN = frozenset((float, int, bool, type(None)))  # bool, None: no value
+_consume = deque(maxlen=0).extend  # runs an iterator to its end at C speed
+_STEP_TIME = frozenset(STEP_KEYS + TIME_KEYS)
+
+# A piece of a column: (rows, values): the rows (ascending, or None: every row) where a name has a value,
+# and its values there.
+_Piece = tuple  # tuple[list[int] | None, list]
+
+
+def _row_values(row: dict, skip: frozenset) -> dict[str, float]:
+    """The Record values of one parsed line of a column-parsed chunk (its step and time keys in ``skip``)."""
+    values = {k: v if type(v) is float else _to_float(v) for k, v in row.items()
+              if type(v) in _NUMERIC and k not in skip}
+    if len(values) + len(skip.intersection(row)) != len(row):  # strings, nulls, booleans, objects
+        values = _values({k: v for k, v in row.items() if k not in skip})
+    return values
+
+
+def _numbers(rows: list[int] | None, column: Any, types: set) -> _Piece:
+    """The values of a column of JSON scalars: numbers as floats (huge integers: +/-inf), "nan"/"inf" strings
+    as non-finite floats; nulls, booleans, lists and other strings are no value (their rows leave the piece)."""
+    if types <= _FLOAT:
+        return rows, column if type(column) is list else list(column)
+    if types <= _FLOAT_INT:
+        try:
+            return rows, list(map(float, column))
+        except OverflowError:
+            return rows, list(map(_to_float, column))
+    if types <= _PLAIN:  # numbers among nulls and booleans: drop those, then as above
+        keep = list(map(_FLOAT_INT.__contains__, map(type, column)))
+        return _numbers(list(compress(range(len(keep)) if rows is None else rows, keep)),
+                        list(compress(column, keep)), types & _FLOAT_INT)
+    converted = list(map(_to_float, column))
+    keep = list(map(is_not, converted, repeat(None)))
+    return list(compress(range(len(keep)) if rows is None else rows, keep)), list(compress(converted, keep))
+
+
+def _merge(pieces: list[_Piece], n: int) -> tuple[list, int] | None:
+    """The pieces of one name as one column over ``n`` rows (``_ABSENT`` where none has a value), and how many
+    rows have one; None when two pieces share a row (a name twice in one line: the careful way decides)."""
+    if len(pieces) == 1 and pieces[0][0] is None:
+        return pieces[0][1], n
+    column: list = [_ABSENT] * n
+    count = 0
+    for rows, values in pieces:
+        _consume(map(column.__setitem__, range(n) if rows is None else rows, values))
+        count += len(values)
+    if n - column.count(_ABSENT) != count:
+        return None
+    return column, count
+
+
+def _collect(rows: Any, where: list[int] | None, prefix: str, pieces: dict[str, list[_Piece]], depth: int) -> bool:
+    """Gather the columns of ``rows`` (parsed objects) into ``pieces`` (name -> pieces); False: read line by line.
+
+    Rows are grouped by their number of keys; a group whose rows all have the
+    first row's keys (``itemgetter`` raises otherwise) is split into columns
+    at C speed, and nested objects are gathered the same way under "name/".
+    ``where``: the line of each row (None: row i is line i).
+    """
+    if depth > _MAX_DEPTH:
+        return False
+    sizes = list(map(len, rows))
+    distinct = set(sizes)
+    for size in distinct:
+        if len(distinct) == 1:
+            group, at = rows, where
+        else:
+            same = list(map(eq, sizes, repeat(size)))
+            group = list(compress(rows, same))
+            at = list(compress(range(len(same)) if where is None else where, same))
+        if size == 0:
+            continue
+        keys = tuple(group[0])
+        try:
+            if size == 1:
+                columns: Any = [list(map(itemgetter(keys[0]), group))]
+            else:
+                columns = list(zip(*map(itemgetter(*keys), group)))
+        except KeyError:  # same size, other keys: one column per key, with the rows that have it
+            return _collect_mixed(group, at, prefix, pieces, depth)
+        for key, column in zip(keys, columns):
+            if not _column(prefix + key, at, column, pieces, depth):
+                return False
+    return True
+
+
+def _collect_mixed(rows: list, where: list[int] | None, prefix: str, pieces: dict[str, list[_Piece]],
+                   depth: int) -> bool:
+    get = dict.get
+    for key in set().union(*rows):
+        column = list(map(get, rows, repeat(key), repeat(_ABSENT)))
+        has = list(map(is_not, column, repeat(_ABSENT)))
+        at = list(compress(range(len(has)) if where is None else where, has))
+        if not _column(prefix + key, at, list(compress(column, has)), pieces, depth):
+            return False
+    return True
+
+
+def _column(name: str, where: list[int] | None, column: Any, pieces: dict[str, list[_Piece]], depth: int) -> bool:
+    types = set(map(type, column))
+    if not depth and name in _STEP_TIME:  # kept raw until the chunk's step and time keys are known
+        if dict in types:
+            return False
+        pieces.setdefault(name, []).append((where, column, types))
+        return True
+    if dict in types:
+        if types != {dict}:
+            return False  # objects and scalars under one name: the careful way
+        return _collect(column, where, name + "/", pieces, depth + 1)
+    piece = _numbers(where, column, types)
+    if piece[1]:
+        pieces.setdefault(name, []).append(piece)
+    return True
+
+
+def _block_columns(lines: list[str]) -> tuple[tuple, list, list, dict[str, _Piece]] | None:
+    """((step key, time key), steps, times, columns) of some lines; None: read them line by line.
+
+    The parsed objects live only while their block is turned into columns
+    (freed while still in the CPU cache); a Record asked for later parses
+    its line again.
+    """
+    n = len(lines)
+    try:
+        parsed = list(map(_SCAN, lines, repeat(0)))
+    except (ValueError, RecursionError):  # an invalid line
+        return None
+    if len(parsed) != n or list(map(_SECOND, parsed)) != list(map(len, lines)):
+        return None  # a blank line or a leading blank stopped the map (StopIteration); something after an object
+    rows = list(map(_FIRST, parsed))
+    del parsed
+    if set(map(type, rows)) != {dict}:
+        return None
+    pieces: dict[str, list] = {}
+    if not _collect(rows, None, "", pieces, 0):
+        return None
+    step_key = next((k for k in STEP_KEYS if k in pieces), None)
+    time_key = next((k for k in TIME_KEYS if k in pieces), None)
+    steps: list = [None] * n
+    if step_key is not None:  # an integer on every line, else the careful way (other keys may stand in)
+        merged = _merge([p[:2] for p in pieces.pop(step_key)], n)
+        if merged is None or merged[1] != n:
+            return None
+        steps = merged[0]
+        if set(map(type, steps)) != {int}:
+            return None
+    times: list = [None] * n
+    if time_key is not None:
+        merged = _merge([p[:2] for p in pieces.pop(time_key)], n)
+        if merged is None:
+            return None
+        times = merged[0]
+        if merged[1] != n or set(map(type, times)) != {float} or not all(map(math.isfinite, times)):
+            times = [None if v is _ABSENT else _to_time(v) for v in times]
+            if None in times and any(k in pieces for k in TIME_KEYS[TIME_KEYS.index(time_key) + 1:]):
+                return None  # a later time key stands in on some lines
+    for key in _STEP_TIME.intersection(pieces):  # the other step and time keys are values
+        found = [_numbers(where, column, types) for where, column, types in pieces[key]]
+        pieces[key] = [piece for piece in found if piece[1]]
+        if not pieces[key]:
+            del pieces[key]
+    columns: dict[str, _Piece] = {}
+    for name, parts in pieces.items():
+        if len(parts) == 1:
+            columns[name] = parts[0]
+            continue
+        merged = _merge(parts, n)
+        if merged is None:
+            return None
+        column = merged[0]
+        has = list(map(is_not, column, repeat(_ABSENT)))
+        columns[name] = (list(compress(range(n), has)), list(compress(column, has)))
+    return (step_key, time_key), steps, times, columns
+
+
+class JsonlChunk:
+    """The records of one chunk of a JSONL log; parsed column-wise, they stay columns until asked for.
+
+    A sequence of Records (``len``, iteration, indexing and slicing build
+    only the Records asked for), and ``to_columns()`` for ``RunSeries.add``.
+    """
+
+    __slots__ = ("src", "first_line", "steps", "times", "lines", "skip", "values", "_records")
+
+    def __init__(self, src: str, first_line: int, steps: list, times: list, lines: list[str], skip: frozenset,
+                 values: dict[str, _Piece]) -> None:
+        self.src, self.first_line = src, first_line  # line number of row 0
+        self.steps, self.times = steps, times
+        self.lines = lines  # the text of each line (parsed again for the few Records asked for)
+        self.skip = skip  # the step and time keys (not values)
+        self.values = values  # name -> (rows or None: every row, floats)
+        self._records: list[Record] | None = None
+
+    @classmethod
+    def of_records(cls, records: list[Record]) -> JsonlChunk:
+        """A chunk that was parsed line by line: it holds its Records."""
+        chunk = cls("", 0, [], [], [], frozenset(), {})
+        chunk._records = records
+        return chunk
+
+    def __len__(self) -> int:
+        return len(self._records) if self._records is not None else len(self.steps)
+
+    def _values(self, i: int) -> dict[str, float]:
+        return _row_values(_SCAN(self.lines[i], 0)[0], self.skip)
+
+    def _record(self, i: int) -> Record:
+        return Record(self.steps[i], self.times[i], self._values(i), f"{self.src}:{self.first_line + i}")
+
+    def records(self) -> list[Record]:
+        if self._records is not None:
+            return list(self._records)
+        return [self._record(i) for i in range(len(self.steps))]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records())
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if self._records is not None:
+            return self._records[index]
+        if isinstance(index, slice):
+            return [self._record(i) for i in range(*index.indices(len(self.steps)))]
+        return self._record(range(len(self.steps))[index])
+
+    def to_columns(self) -> Columns | None:
+        """The chunk as ``Columns`` (None when it holds Records: it was parsed line by line)."""
+        if self._records is not None:
+            return None
+        prefix, first = self.src + ":", self.first_line
+        return Columns(self.steps, self.times, self.values, 0, self._values, lambda i: f"{prefix}{first + i}")
+
+
+def _columns_block(text: str, lineno: int, src: str) -> JsonlChunk | None:
+    """Parse the whole lines of ``text`` column-wise, or None when the chunk needs the careful way.
+
+    The same records as ``_parse_jsonl_block`` when it returns a chunk: every
+    line is one JSON object with nothing around it, the step is the first of
+    STEP_KEYS present and an integer on every line, the time the first of
+    TIME_KEYS present (missing on a line only when no later time key could
+    stand in), and no name comes twice in one line (a nested "a": {"b"} and
+    an "a/b"). Per line only the C scanner runs; the rest is per column.
+    """
+    if "\r" in text:
+        return None
+    enabled = gc.isenabled()
+    gc.disable()  # thousands of parsed objects and tuples at a time: no collector passes over them meanwhile
+    try:
+        return _columns(text, lineno, src)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _columns(text: str, lineno: int, src: str) -> JsonlChunk | None:
+    lines = text.split("\n")
+    lines.pop()  # the block ends with a newline
+    n = len(lines)
+    steps: list = []
+    times: list = []
+    parts: dict[str, list[tuple[int, int, list[int] | None, list]]] = {}  # name -> (start, size, rows, values)
+    keys: tuple | None = None
+    for start in range(0, n, _BLOCK):
+        block = _block_columns(lines[start:start + _BLOCK])
+        if block is None:
+            return None
+        if keys is None:
+            keys = block[0]
+        elif block[0] != keys:  # the step or time key changes within the chunk: the careful way
+            return None
+        _, block_steps, block_times, columns = block
+        size = len(block_steps)
+        for name, (where, values) in columns.items():
+            parts.setdefault(name, []).append((start, size, where, values))
+        steps += block_steps
+        times += block_times
+    if keys is None:
+        return None
+    blocks = -(-n // _BLOCK)
+    shared: dict[tuple, list[int] | None] = {}  # names on the same rows of every block share one list of rows
+    values: dict[str, _Piece] = {}
+    for name, found in parts.items():
+        signature = tuple((start, id(where)) for start, _, where, _ in found)
+        if signature not in shared:
+            if len(found) == blocks and all(where is None for _, _, where, _ in found):
+                shared[signature] = None
+            else:
+                where_all: list[int] = []
+                for start, size, where, _ in found:
+                    where_all += range(start, start + size) if where is None else \
+                        (map(add, where, repeat(start)) if start else where)
+                shared[signature] = where_all
+        column = found[0][3]
+        if len(found) > 1:
+            column = []
+            for _, _, _, block_values in found:
+                column += block_values
+        values[name] = (shared[signature], column)
+    return JsonlChunk(src, lineno + 1, steps, times, lines, frozenset(k for k in keys if k is not None), values)
 
 
 def iter_jsonl(path: str | os.PathLike, state: dict | None = None, *,
@@ -361,6 +683,38 @@ def iter_jsonl(path: str | os.PathLike, state: dict | None = None, *,
     are skipped; invalid lines are skipped and counted (``bad_lines``,
     ``first_bad_line``).
     """
+    yield from _iter_jsonl(path, state, chunk_size, _records_block)
+
+
+def iter_jsonl_chunks(path: str | os.PathLike, state: dict | None = None, *,
+                      chunk_size: int = CHUNK_SIZE) -> Iterator[JsonlChunk]:
+    """``iter_jsonl`` as ``JsonlChunk`` objects: the same records and state, kept as columns.
+
+    A chunk is a sequence of the Records ``iter_jsonl`` yields for the same
+    lines (built when asked for), and ``RunSeries.add(chunk)`` ingests its
+    columns directly. Chunks of plain lines (one object per line, an integer
+    step, a numeric time) are parsed column-wise; any other chunk (blank or
+    invalid lines, string steps, ISO times ...) is parsed line by line, as
+    ``iter_jsonl`` does, and its chunk holds those Records.
+    """
+    yield from _iter_jsonl(path, state, chunk_size, _chunk_block)
+
+
+def _records_block(text: str, lineno: int, src: str, state: dict) -> tuple[int, list[Record]]:
+    records: list[Record] = []
+    return _parse_jsonl_block(text, lineno, src, state, records), records
+
+
+def _chunk_block(text: str, lineno: int, src: str, state: dict) -> tuple[int, JsonlChunk]:
+    chunk = _columns_block(text, lineno, src)
+    if chunk is not None:
+        return len(chunk), chunk
+    lines, records = _records_block(text, lineno, src, state)
+    return lines, JsonlChunk.of_records(records)
+
+
+def _iter_jsonl(path: str | os.PathLike, state: dict | None, chunk_size: int,
+                parse: Callable[[str, int, str, dict], tuple[int, Any]]) -> Iterator[Any]:
     state = _init_state({} if state is None else state, path, "jsonl")
     f = _open_checked(path, state)
     if f is None:
@@ -368,9 +722,9 @@ def iter_jsonl(path: str | os.PathLike, state: dict | None = None, *,
     src = str(path)
     with f:
         for kind, data, end in _iter_raw(f, state, chunk_size):
-            records: list[Record] = []
+            records: Any = ()
             if kind == "lines":
-                lines = _parse_jsonl_block(data.decode("utf-8", "replace"), state["lineno"], src, state, records)
+                lines, records = parse(data.decode("utf-8", "replace"), state["lineno"], src, state)
                 state["lineno"] += lines
                 state["offset"] = end
             elif kind == "bad":
@@ -381,8 +735,7 @@ def iter_jsonl(path: str | os.PathLike, state: dict | None = None, *,
                 obj = _slow_json(data.decode("utf-8", "replace"))
                 if type(obj) is dict:
                     # parsed as the one line "lineno + 1"; the newline that ends it comes later
-                    _parse_jsonl_block(data.decode("utf-8", "replace").strip() + "\n", state["lineno"], src,
-                                       state, records)
+                    _, records = parse(data.decode("utf-8", "replace").strip() + "\n", state["lineno"], src, state)
                     state["offset"] = end
                     state["partial_bytes"] = 0
                 else:
