@@ -195,6 +195,8 @@ _TB_HEAD = re.compile(r"Traceback \(most recent call last\):")
 _TB_FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>.+))?')
 _EXC_LINE = re.compile(r"^(?:\[[^\]]*\]:?\s*)?(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|"
                        r"Warning|Failure|Timeout|Fault)\b.*|^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*: .*")
+_PEER_LOST = re.compile(r"Connection closed by peer|Connection reset by peer|remote worker crash|DistBackendError|"
+                        r"NCCL communicator was aborted|ProcessGroupNCCL.*(?:abort|watchdog)", re.IGNORECASE)
 _RANK_PREFIX = re.compile(r"^\[(?:rank|default)?\d+\]:\s?")  # torchrun --tee / log prefixes "[rank0]:"
 # installed packages, the standard library, and console-script launchers (/usr/bin/torchrun, .venv/bin/accelerate)
 _LIBRARY_MARKERS = ("site-packages", "dist-packages", "/lib/python", "\\lib\\python", "/lib64/python", "/bin/")
@@ -367,7 +369,11 @@ def classify(exit_code: int | None, log_lines: Sequence[str] = (), *, stopped_by
         return _env_failure(*env_hits[0], exit_code, tracebacks, resumed_from)
     # the last traceback from user code whose own exception is not an environment message is the bug, whatever
     # secondary lines the log has (with torchrun one rank's bug makes the others time out in NCCL)
+    # a rank that lost its peer (gloo "Connection closed by peer", an aborted NCCL communicator) only reports
+    # another rank's end: the crashing rank's own traceback, or the launcher's exit lines, say what happened
     for tb in reversed(tracebacks):
+        if _PEER_LOST.search(tb.exception):
+            continue
         if tb.exception.split(":", 1)[0].rsplit(".", 1)[-1] == "KeyboardInterrupt":
             return Failure("external_signal", ENVIRONMENT, f"interrupted (SIGINT) from outside the watchdog "
                            f"({describe_exit(exit_code)})", _evidence(tb.lines[-3:]), exit_code,

@@ -284,3 +284,34 @@ def test_read_tail_reads_only_this_attempt(tmp_path) -> None:
     assert failures.read_tail(tmp_path / "missing.log") == []
     # a window that starts mid-line drops the partial first line
     assert failures.read_tail(log, 0, limit=8) == ["step 1"]
+
+
+GLOO_PEER_LOST = """\
+[rank0]: Traceback (most recent call last):
+[rank0]:   File "/home/me/proj/train.py", line 52, in <module>
+[rank0]:     loss.backward()
+[rank0]:   File "/venv/lib/python3.11/site-packages/torch/autograd/graph.py", line 979, in _engine_run_backward
+[rank0]:     return Variable._execution_engine.run_backward(
+[rank0]: RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:11700: \
+Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application.
+"""
+RANK1_RAISED = """\
+[rank1]: Traceback (most recent call last):
+[rank1]:   File "/home/me/proj/train.py", line 45, in <module>
+[rank1]:     raise ValueError("bad shape in the loss")
+[rank1]: ValueError: bad shape in the loss
+"""
+TORCHRUN_RANK_KILLED = """\
+E1121 08:44:24.304000 16149 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) \
+local_rank: 1 (pid: 16154) of binary: /venv/bin/python
+"""
+
+
+def test_torchrun_rank_that_raised_is_the_bug_not_the_rank_that_lost_its_peer() -> None:
+    failure = classify(1, lines(RANK1_RAISED + GLOO_PEER_LOST))
+    assert failure.category == CODE and "bad shape in the loss" in failure.summary
+
+
+def test_torchrun_rank_killed_with_a_peer_lost_traceback_is_an_environment_failure() -> None:
+    failure = classify(1, lines(GLOO_PEER_LOST + TORCHRUN_RANK_KILLED))
+    assert failure.category == ENVIRONMENT, failure.summary
