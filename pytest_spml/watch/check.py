@@ -100,13 +100,21 @@ class CheckOutcome:
             f"  baseline:   {self.baseline.source}",
             f"  recent:     {shown or 'no metrics yet'}",
             "  anomalies:  " + ("none" if not self.anomalies else ""),
-            *(f"    - [{a.severity}{', recovered' if a.recovered else ''}] {a.kind} at step {a.step}: {a.detail}"
-              for a in self.anomalies),
+            *_anomaly_lines(self.anomalies),
             f"  decision:   {self.verdict.decision} ({self.verdict.status})",
             f"  reason:     {self.verdict.reason}",
             f"  next check: in {self.verdict.next_check_minutes} minutes",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _anomaly_lines(anomalies: Sequence[Anomaly]) -> list[str]:
+    lines = []
+    for a in anomalies:
+        lines.append(f"    - [{a.severity}{', recovered' if a.recovered else ''}] {a.kind} at step {a.step}: {a.detail}")
+        if a.evidence.get("line"):  # the log line to open
+            lines.append(f"        at {a.evidence['line']}")
+    return lines
 
 
 class _Source:

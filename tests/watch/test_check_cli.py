@@ -75,6 +75,7 @@ def test_text_block_and_junit(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for label in ("Training check", "source:", "recent:", "anomalies:", "decision:   STOP (SEVERE_ANOMALY)",
                   "reason:", "next check:"):
         assert label in out
+    assert f"        at {path}:" in out  # the log line behind an anomaly, to open
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert {f"{k} detector {k}" for k in KINDS} <= set(cases)
     assert cases["nan_inf detector nan_inf"].find("failure") is not None
