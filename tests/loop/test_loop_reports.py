@@ -176,3 +176,19 @@ def test_plateau_warning_after_five_rounds_without_improvement_and_the_budget(re
     proc, doc = run_json(repo, "run", "--resume", "--max-rounds", "9", "--budget", "1s", plan=plan)
     assert proc.returncode == 0 and doc["rounds_done"] == 6  # round 6 took 1.5 s: no round 7
     assert doc["stop_reason"] == "wall-clock budget of 1 s used"
+
+
+def test_tpe_sampler_runs_rounds_within_the_ranges(repo):
+    """--sampler tpe: Optuna's TPE, told every recorded round, suggests each round's values."""
+    pytest.importorskip("optuna", reason="the TPE sampler needs the optuna extra (in the test extra)")
+    proc, doc = run_json(repo, "run", "--researcher", "sample", "--sampler", "tpe", "--tag", "t1",
+                         "--max-rounds", "3", "--seed", "3")
+
+    assert proc.returncode == 0, proc.stderr
+    assert doc["rounds_done"] == 3
+    strategies = [row["strategy"] for row in doc["rounds"]]
+    assert all(s.startswith("optuna-tpe: lr=") for s in strategies), strategies
+    for row in doc["rounds"]:
+        assert 0.01 <= row["params"]["lr"] <= 0.3 and 5 <= row["params"]["steps"] <= 80
+    assert len({(r["params"]["lr"], r["params"]["steps"]) for r in doc["rounds"]}) == 3
+    assert status_porcelain(repo) == ""
