@@ -39,8 +39,10 @@ It never changes your code, data, checkpoints, branches or HEAD. Config keys are
 class or factory as keyword arguments.
 
 Exit codes: 1 when the incident reproduces or a cause is confirmed (a problem is real: CI and scripts can
-gate on it, like every other spml check), 0 when everything checked is healthy and nothing reproduces,
-2 for bad input (the message names the file and line)."""
+gate on it, like every other spml check), and when the pipeline itself crashes or a check saw no data (an error
+result, never "healthy"); 0 when everything checked is healthy and nothing reproduces; 2 for bad input (the
+message names the file and line: a pipeline that cannot be created, a device this machine lacks, an incident
+step past the log, a requested check without its inputs); 130 on Ctrl-C, after the report says so."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -189,8 +191,51 @@ def run(args: argparse.Namespace) -> Report:
     checkpoints = intake.find_checkpoints(args.checkpoint_dir) if args.checkpoint_dir else []
     if importlib.util.find_spec("torch") is None:
         raise InputError("spml diagnose trains your pipeline and needs PyTorch: pip install 'pytest-spml[torch]'")
+    _check_device(args.device)
     out = _out_dir(args, root)
-    return _diagnose(args, root, checks, config, good_config, top, good, bad, incident, checkpoints, out)
+    try:
+        return _diagnose(args, root, checks, config, good_config, top, good, bad, incident, checkpoints, out)
+    except KeyboardInterrupt:
+        _report_interrupted(args, checks, out)
+        raise
+
+
+def _check_device(name: str) -> None:
+    """``--device`` names a device this machine has (bad input, exit 2, otherwise)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"--device {name}: not a device ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
+def _report_interrupted(args: argparse.Namespace, checks: list[str], out: Path) -> None:
+    """Ctrl-C: still one document on stdout (and the JUnit file when asked), saying nothing was concluded."""
+    import sys
+
+    from ..render import render, write_junit
+    from ..report import CheckResult, Report, Status
+
+    report = Report(tool=TOOL, results=[CheckResult(
+        "INTERRUPTED", Status.ERROR, "interrupted (SIGINT) before the checks finished: nothing is concluded, "
+        "and no incident report was written", name="diagnosis")],
+        summary={"interrupted": True, "checks": checks, "out": str(out), "causes": [], "reproduced": None})
+    try:
+        if getattr(args, "junitxml", None):
+            write_junit(report, args.junitxml)
+        render(report, getattr(args, "format", "text"), sys.stdout, verbose=getattr(args, "verbose", False))
+        sys.stdout.flush()
+    except (OSError, KeyboardInterrupt):
+        pass
 
 
 def _diagnose(args: argparse.Namespace, root: Path, checks: list[str], config: Any, good_config: Any,
@@ -208,10 +253,13 @@ def _diagnose(args: argparse.Namespace, root: Path, checks: list[str], config: A
     with runs.on_path(root):
         try:
             factory = runs.import_factory(args.pipeline)
-            runs.make_pipeline(factory, values, config_path=config.path if config else None,
-                               config_lines=config.lines if config else None)
+            first = runs.make_pipeline(factory, values, config_path=config.path if config else None,
+                                       config_lines=config.lines if config else None)
         except runs.PipelineError as exc:
             raise _pipeline_error(exc) from None
+        if "leakage" in checks and args.checks != "auto" and not callable(getattr(first, "eval_batches", None)):
+            raise InputError("--checks leakage needs the pipeline's eval_batches() hook (yielding the evaluation "
+                             "batches): add it, or leave leakage out of --checks", _source_of(first))
 
         def make(overrides: dict[str, Any] | None = None) -> Any:
             return runs.make_pipeline(factory, values if overrides is None else overrides)
@@ -225,7 +273,7 @@ def _diagnose(args: argparse.Namespace, root: Path, checks: list[str], config: A
             repro = reproduce(make, device=device, seed=seed, incident=incident,
                               checkpoints=before if incident and incident.step is not None else [],
                               steps=args.steps)
-            if repro.reproduced:
+            if repro.reproduced and not repro.trace.broken():
                 kept = shrink(make, repro, device=device, seed=seed)
                 located = bisect_batches.first_bad_batch(make, repro, kept, device=device, seed=seed)
                 if located is not None:
@@ -237,7 +285,7 @@ def _diagnose(args: argparse.Namespace, root: Path, checks: list[str], config: A
                                                lr_scale=0.1)
                 lr_experiment = {"experiment": f"replay from step {repro.start_step} with the learning rate x0.1",
                                  "scale": 0.1, "healthy": health.ok, "after": runs.metrics(trace, health),
-                                 "before": runs.metrics(repro.trace, repro.health)}
+                                 "before": runs.metrics(repro.trace, repro.health), "error": trace.broken()}
         scan = data_checks.scan_batches(make, device=device, seed=seed, n=args.data_batches) \
             if "data" in checks else None
         leak = data_checks.check_leakage(make, device=device, seed=seed, n=args.data_batches) \
@@ -253,12 +301,12 @@ def _diagnose(args: argparse.Namespace, root: Path, checks: list[str], config: A
 
     if found["checkpoints"] and repro is not None and repro.checkpoint:
         found["checkpoints"]["before"] = repro.checkpoint  # nearer ones may hold NaN weights: the one replayed
+    replayed = repro if repro and repro.reproduced and not repro.trace.broken() else None
     found_hypotheses = [
         hypotheses.data_corruption(scan, finding, repro),
         hypotheses.leakage(leak),
-        hypotheses.optimizer_instability(repro if repro and repro.reproduced else None, lr_experiment, finding,
-                                         isolation),
-        hypotheses.precision_overflow(repro if repro and repro.reproduced else None),
+        hypotheses.optimizer_instability(replayed, lr_experiment, finding, isolation),
+        hypotheses.precision_overflow(replayed),
         hypotheses.code_change(bisection, "code" in checks),
         hypotheses.config_change(isolation, "config" in checks),
         hypotheses.nondeterminism(determinism),
@@ -270,7 +318,8 @@ def _diagnose(args: argparse.Namespace, root: Path, checks: list[str], config: A
                                           name="reproduction"))
     else:
         report.results.append(CheckResult(
-            "REPRO", Status.FAIL if repro.reproduced else Status.PASS, repro.detail, name="reproduction",
+            "REPRO", Status.ERROR if repro.trace.broken() else Status.FAIL if repro.reproduced else Status.PASS,
+            repro.detail, name="reproduction",
             evidence={k: v for k, v in repro.to_dict().items() if k != "health"}))
     report.results.extend(h.to_result() for h in found_hypotheses)
 
@@ -311,6 +360,15 @@ def _diagnose(args: argparse.Namespace, root: Path, checks: list[str], config: A
                           out=str(out))
     report.text = _text(report, found_hypotheses, incident_md)
     return report
+
+
+def _source_of(pipeline: Any) -> str | None:
+    import inspect
+
+    try:
+        return inspect.getsourcefile(type(pipeline))
+    except (TypeError, OSError):
+        return None
 
 
 def _is_repo(root: Path) -> bool:

@@ -132,8 +132,10 @@ def scan_batches(make: Callable[[], Any], *, device: str, seed: int, n: int) -> 
     scan = DataScan(batches=0, num_classes=None, classes_from="")
     with runs.deterministic():
         pipeline.setup(runs.resolve_device(device), seed)
+        phase = "build: "
         try:
             state = pipeline.build()
+            phase = ""
             stream = iter(pipeline.batches())
             for index in range(n):
                 try:
@@ -156,7 +158,7 @@ def scan_batches(make: Callable[[], Any], *, device: str, seed: int, n: int) -> 
                 if found:
                     scan.labels.append({"step": index, **found})
         except Exception as exc:  # noqa: BLE001 - a data pipeline that crashes is reported, not raised
-            scan.error = f"{type(exc).__name__}: {exc}"
+            scan.error = f"{phase}{type(exc).__name__}: {exc}"
     return scan
 
 
@@ -308,6 +310,8 @@ def check_determinism(root: Path, target: str, config: dict[str, Any] | None, *,
                              hash_seeds=[("hashseed-0", "0"), ("hashseed-1", "1")], work=work)
         broken = [f"{label}: {doc.get('error') or doc.get('reason')}" for label, doc in found.items()
                   if "trace" not in doc]
+        broken += [f"{label}: {why}" for label, doc in found.items() if "trace" in doc
+                   for why in [runs.Trace.from_dict(doc["trace"]).broken()] if why]
         if broken:
             result.error = "; ".join(broken)
             return result
@@ -321,8 +325,9 @@ def check_determinism(root: Path, target: str, config: dict[str, Any] | None, *,
             return result
         again = _record_runs(root, target, config, seed=seed, device=device, steps=steps, timeout=timeout,
                              hash_seeds=[("hashseed-0-again", "0")], work=work)["hashseed-0-again"]
-        if "trace" not in again:
-            result.error = f"the repeat run failed: {again.get('error')}"
+        if "trace" not in again or runs.Trace.from_dict(again["trace"]).broken():
+            why = again.get("error") or runs.Trace.from_dict(again["trace"]).broken()
+            result.error = f"the repeat run failed: {why}"
             return result
         result.runs["hashseed-0-again"] = {"hash_seed": "0", **(again.get("metrics") or {}),
                                            "param_hash": again["trace"]["param_hash"]}

@@ -10,6 +10,7 @@ overflow, a code change, a config change, nondeterminism. Verdicts:
   an advisory FAIL (reported, does not decide the exit status).
 * ``ruled out`` — an experiment or a direct check found it absent: a PASS.
 * ``not tested`` — nothing to test it with (the reason says what to give): SKIP.
+* ``error`` — the check ran but its experiment crashed or saw no data: an ERROR (never healthy).
 
 Confidence never exceeds the ceiling of its basis: observation (the tool saw
 it happen in a run) 0.95, research (a documented mechanism links what was seen
@@ -28,7 +29,7 @@ CEILINGS = {"observation": 0.95, "research": 0.85, "inference": 0.70}
 # what each kind of evidence earns before the ceiling: a controlled experiment, a mechanism, a guess
 ESTIMATES = {"observation": 0.90, "research": 0.80, "inference": 0.60}
 VERDICT_STATUS = {"confirmed": Status.FAIL, "supported": Status.FAIL, "ruled out": Status.PASS,
-                  "not tested": Status.SKIP}
+                  "not tested": Status.SKIP, "error": Status.ERROR}
 OPTIMIZER_KEYS = ("lr", "learning_rate", "momentum", "beta", "eps", "weight_decay", "clip", "warmup", "optimizer")
 
 
@@ -61,7 +62,7 @@ class Hypothesis:
 
     @property
     def confidence(self) -> float | None:
-        if self.verdict == "not tested":
+        if self.verdict in ("not tested", "error"):
             return None
         return min(self.ceiling, ESTIMATES[self.basis])
 
@@ -70,6 +71,13 @@ class Hypothesis:
                 "confidence": self.confidence, "ceiling": self.ceiling, "summary": self.summary,
                 "experiments": [e.to_dict() for e in self.experiments], "fix": self.fix,
                 "prevention": self.prevention, "rollback": self.rollback, "evidence": self.evidence}
+
+    def error(self, why: str) -> "Hypothesis":
+        """The experiment that tests this cause crashed or saw no data: no verdict either way."""
+        self.verdict, self.basis = "error", "observation"
+        self.summary = f"the check could not test it: {why}"
+        self.evidence["error"] = why
+        return self
 
     def to_result(self) -> CheckResult:
         confidence = f"; confidence {self.confidence:.2f} ({self.basis}, ceiling {self.ceiling:.2f})" \
@@ -127,6 +135,10 @@ def data_corruption(scan: Any, batch: Any, repro: Any) -> Hypothesis:
     if not h.experiments:
         h.summary = "run with --checks data, or give a reproducing incident"
         return h
+    scan_defects = scan is not None and (scan.nonfinite or scan.labels)
+    if scan is not None and not scan_defects and batch is None and (scan.error or scan.batches == 0):
+        return h.error(f"the pipeline raised {scan.error} after {scan.batches} batch(es)" if scan.error
+                       else "the pipeline yielded no training batch")
     defects = []  # what is wrong in the first bad batch itself
     if batch is not None and batch.inputs_nonfinite:
         defects.append(f"{batch.inputs_nonfinite} NaN/Inf input values"
@@ -183,8 +195,10 @@ def leakage(result: Any) -> Hypothesis:
         return h
     h.evidence["leakage"] = result.to_dict()
     if result.error:
-        h.summary = f"reading the splits raised {result.error}"
-        return h
+        return h.error(f"reading the splits raised {result.error}")
+    if not result.eval_examples or not result.train_batches:
+        return h.error(f"no data to compare: {result.eval_examples} evaluation example(s), "
+                       f"{result.train_batches} training batch(es)")
     h.experiments.append(Experiment(
         f"key {result.eval_examples} evaluation examples by {result.keyed_by}; look for them in "
         f"{result.train_batches} training batches ({result.train_examples} distinct examples)",
@@ -220,6 +234,8 @@ def optimizer_instability(repro: Any, lr_experiment: dict[str, Any] | None, batc
         explosions = [a for a in repro.health.anomalies if a.kind == "grad_explosion"]
         if explosions:
             h.evidence["grad_explosion"] = explosions[0].to_dict()
+    if lr_experiment is not None and lr_experiment.get("error"):
+        return h.error(f"the replay with the learning rate x{lr_experiment['scale']:g}: {lr_experiment['error']}")
     if lr_experiment is not None:
         h.experiments.append(Experiment(lr_experiment["experiment"],
                                         ("healthy: " + _after(lr_experiment["after"])) if lr_experiment["healthy"]
@@ -397,8 +413,7 @@ def nondeterminism(result: Any) -> Hypothesis:
         return h
     h.evidence["determinism"] = result.to_dict()
     if result.error:
-        h.summary = f"a run failed ({result.error})"
-        return h
+        return h.error(f"a run failed ({result.error})")
     for label, run in result.runs.items():
         h.experiments.append(Experiment(f"record {run.get('steps')} steps with PYTHONHASHSEED={run.get('hash_seed')}"
                                         f" ({label})", f"final loss {_fmt(run.get('final_loss'))}, weights "

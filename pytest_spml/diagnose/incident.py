@@ -38,10 +38,16 @@ def _metrics_rows(before: dict[str, Any], after: dict[str, Any]) -> list[list[An
 
 def headline(hypotheses: list[Hypothesis], repro: dict[str, Any] | None) -> str:
     confirmed = [h for h in hypotheses if h.verdict == "confirmed"]
+    if repro and repro.get("broken"):
+        return f"The pipeline itself crashes (an incident, not a healthy run): {repro['broken']}"
     if confirmed:
         return "Cause found: " + "; ".join(f"{h.cause} — {h.summary}" for h in confirmed)
     if repro and repro.get("reproduced"):
         return "Reproduced, cause not isolated: " + str(repro.get("detail"))
+    errors = [h for h in hypotheses if h.verdict == "error"]
+    if errors:
+        return ("Not healthy: a check could not run — "
+                + "; ".join(f"{h.id} {h.summary}" for h in errors))
     return "Nothing reproduces: the checks that ran found the pipeline healthy"
 
 
@@ -57,6 +63,9 @@ def confidence_statement(hypotheses: list[Hypothesis], repro: dict[str, Any] | N
         h = supported[0]
         return (f"Most likely: {h.cause} — confidence {h.confidence:.2f} (basis: {h.basis}; ceiling {h.ceiling:.2f})"
                 f", not isolated by an experiment. Ceilings: {ceilings}.")
+    if (repro and repro.get("broken")) or any(h.verdict == "error" for h in hypotheses):
+        return (f"No cause found, and no health claim: a run crashed or saw no data (see the errors above). "
+                f"Ceilings: {ceilings}.")
     if repro and repro.get("reproduced"):
         return f"No cause confirmed; the incident reproduces (observation). Ceilings: {ceilings}."
     return (f"No cause found: confidence 0.60 that the problem is outside what was tested (environment, hardware, "

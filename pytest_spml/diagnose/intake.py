@@ -135,12 +135,19 @@ def read_incident(path: str | Path, incident_step: int | None) -> Incident:
                          log)
     series = detectors.RunSeries()
     total = 0
+    last: int | None = None
     for chunk in _iter_log(log):
         series.add(chunk)
         total += len(chunk)
+        steps = [r.step for r in chunk if r.step is not None]
+        if steps:
+            last = max(steps) if last is None else max(last, *steps)
     if total == 0:
         raise InputError("--log: no metric records in it (expected JSONL objects with step and loss, a nanoGPT / "
                          "Hugging Face / key=value text log, or TensorBoard events)", log)
+    if incident_step is not None and last is not None and incident_step > last:
+        raise InputError(f"--incident-step {incident_step}: past the log's last step ({last}); give a step the log "
+                         "covers (or leave it out to use the log's first severe anomaly)", log)
     found = []
     for kind in INCIDENT_KINDS:
         found.extend(detectors.DETECTORS[kind](series, Baseline(source="the run's own early steps"), None, None))

@@ -43,7 +43,8 @@ class Reproduction:
     spike_reference: float | None = None  # the pre-spike average the detector compared against
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reproduced": self.reproduced, "kind": self.kind, "step": self.step, "detail": self.detail,
+        return {"reproduced": self.reproduced, "broken": self.trace.broken(), "kind": self.kind, "step": self.step,
+                "detail": self.detail,
                 "start_step": self.start_step, "checkpoint": self.checkpoint, "steps_run": self.steps_run,
                 "seconds": round(self.seconds, 3), "matches_log": self.matches_log,
                 "skipped_checkpoints": self.skipped_checkpoints, "smallest_slice_batches": self.shrunk_batches,
@@ -51,8 +52,13 @@ class Reproduction:
 
 
 def _finite_checkpoint(make: Callable[[], Any], device: str, seed: int, candidates: list[Checkpoint],
-                       ) -> tuple[Checkpoint | None, list[str]]:
-    """The nearest candidate whose weights are all finite (a checkpoint saved after the incident has NaN ones)."""
+                       target: int | None = None) -> tuple[Checkpoint | None, list[str]]:
+    """The nearest candidate whose weights are all finite (a checkpoint saved after the incident has NaN ones).
+
+    A checkpoint that stores its step is trusted over its file name: one whose stored step is after ``target``
+    (the incident step) would replay from after the incident, and is skipped (and said so); the one used is
+    returned with its stored step.
+    """
     import torch
 
     skipped = []
@@ -65,6 +71,13 @@ def _finite_checkpoint(make: Callable[[], Any], device: str, seed: int, candidat
             except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is skipped and said so
                 skipped.append(f"{candidate.path} (cannot load: {type(exc).__name__}: {exc})")
                 continue
+        stored = getattr(state, "step", None)
+        if isinstance(stored, int) and not isinstance(stored, bool) and stored > 0 and stored != candidate.step:
+            if target is not None and stored > target:
+                skipped.append(f"{candidate.path} (named step {candidate.step} but it stores step {stored}, after "
+                               f"the incident step {target}: it would replay from after the incident)")
+                continue
+            candidate = Checkpoint(stored, candidate.path)  # the stored step, not the name's
         if all(bool(torch.isfinite(p).all()) for p in state.model.parameters()):
             return candidate, skipped
         skipped.append(f"{candidate.path} (NaN/Inf weights)")
@@ -75,7 +88,7 @@ def reproduce(make: Callable[[], Any], *, device: str, seed: int, incident: Inci
               checkpoints: list[Checkpoint], steps: int, thresholds: Any = None) -> Reproduction:
     """Replay the run around the incident (or ``steps`` from scratch without one) and judge it."""
     target = incident.step if incident is not None else None
-    start, skipped = _finite_checkpoint(make, device, seed, checkpoints) if checkpoints else (None, [])
+    start, skipped = _finite_checkpoint(make, device, seed, checkpoints, target) if checkpoints else (None, [])
     margin = 10  # steps past the incident: a spike needs a few points after it to be judged
     length = (target - (start.step if start else 0) + 1 + margin) if target is not None else steps
     started = time.perf_counter()
@@ -89,7 +102,12 @@ def reproduce(make: Callable[[], Any], *, device: str, seed: int, incident: Inci
         matches = health.kind == incident.kind and health.first_bad_step is not None \
             and abs(health.first_bad_step - incident.step) <= 1
     where = f"checkpoint {start.path} (step {trace.start_step})" if start else "scratch (step 0)"
-    if health.ok:
+    named = next((c.step for c in checkpoints if start and c.path == start.path), None)
+    if start and named is not None and named != start.step:
+        where += f" (its name says step {named}; the step it stores, {start.step}, is the one trusted)"
+    if trace.broken():
+        detail = f"the pipeline itself crashes, from {where}: {trace.broken()}"
+    elif health.ok:
         detail = f"does not reproduce: {len(trace.steps)} steps from {where} stay healthy"
     else:
         detail = f"reproduced from {where} in {len(trace.steps)} steps ({seconds:.1f} s): {health.reasons[0]}"

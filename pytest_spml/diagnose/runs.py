@@ -112,6 +112,10 @@ def make_pipeline(factory: Any, config: Mapping[str, Any] | None, *, config_path
         line = (config_lines or {}).get(bad) if bad else None
         raise PipelineError(f"the pipeline does not accept this config ({exc}); its keys must be keyword arguments "
                             "of the pipeline class or factory", config_path, line) from None
+    except Exception as exc:  # noqa: BLE001 - the user's __init__ / factory failed: say where, not a traceback
+        path, line = _user_frame(exc)
+        raise PipelineError(f"--pipeline: creating the pipeline ({getattr(factory, '__name__', factory)}) raised "
+                            f"{type(exc).__name__}: {exc}", path, line) from None
     if not _is_pipeline(pipeline):
         raise PipelineError(f"--pipeline: {getattr(factory, '__name__', factory)!r} returned "
                             f"{type(pipeline).__name__}, not an L1Pipeline (build, batches and train_step)")
@@ -176,6 +180,7 @@ class Trace:
     steps: list[Step] = field(default_factory=list)
     error: str | None = None
     error_step: int | None = None
+    error_phase: str | None = None  # build | load_checkpoint | batches | train_step: where the error was raised
     stopped_by: str = ""
     seconds: float = 0.0
     param_dtypes: list[str] = field(default_factory=list)
@@ -185,6 +190,15 @@ class Trace:
     @property
     def losses(self) -> list[float]:
         return [s.loss for s in self.steps]
+
+    def broken(self) -> str | None:
+        """Why this run is no evidence at all (the pipeline crashed outside a training step, or no step ran), or
+        None. A crash inside ``train_step`` is evidence (a bad batch); one in build/batches is the pipeline's."""
+        if self.error and self.error_phase != "train_step":
+            return f"the pipeline crashed before training ({self.error})"
+        if not self.steps and not self.error:
+            return f"no training step ran ({self.stopped_by or 'the pipeline yielded no batch'})"
+        return None
 
     def first_nonfinite(self) -> Step | None:
         """The first step whose loss is NaN/Inf or after which a parameter is."""
@@ -212,14 +226,16 @@ class Trace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"start_step": self.start_step, "checkpoint": self.checkpoint, "error": self.error,
-                "error_step": self.error_step, "stopped_by": self.stopped_by, "seconds": round(self.seconds, 3),
+                "error_step": self.error_step, "error_phase": self.error_phase,
+                "stopped_by": self.stopped_by, "seconds": round(self.seconds, 3),
                 "param_dtypes": self.param_dtypes, "param_hash": self.param_hash,
                 "steps": [s.to_dict() for s in self.steps]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Trace":
         return cls(start_step=int(d.get("start_step", 0)), checkpoint=d.get("checkpoint"), error=d.get("error"),
-                   error_step=d.get("error_step"), stopped_by=d.get("stopped_by", ""),
+                   error_step=d.get("error_step"), error_phase=d.get("error_phase"),
+                   stopped_by=d.get("stopped_by", ""),
                    seconds=float(d.get("seconds", 0.0)), param_dtypes=list(d.get("param_dtypes", [])),
                    param_hash=str(d.get("param_hash", "")), steps=[Step.from_dict(s) for s in d.get("steps", [])])
 
@@ -369,6 +385,7 @@ def train(pipeline: Any, *, device: str = "cpu", seed: int = 0, steps: int, chec
         except Exception as exc:  # noqa: BLE001 - a pipeline that cannot start is a finding
             trace.error, trace.stopped_by = f"{'load_checkpoint' if checkpoint else 'build'}: " \
                                             f"{type(exc).__name__}: {exc}", "an exception"
+            trace.error_phase = "load_checkpoint" if checkpoint else "build"
             trace.seconds = time.perf_counter() - started
             return trace
         trace.start_step = int(state.step or (start_step if checkpoint is not None else 0))
@@ -380,6 +397,7 @@ def train(pipeline: Any, *, device: str = "cpu", seed: int = 0, steps: int, chec
         probe = _GradProbe(named)
         index = -1
         nonfinite_seen = 0
+        phase = "batches"
         try:
             stream = iter(pipeline.batches())
             for index in range(trace.start_step):
@@ -389,6 +407,7 @@ def train(pipeline: Any, *, device: str = "cpu", seed: int = 0, steps: int, chec
             if saved_rng is not None:
                 set_rng_state(saved_rng)
             for index in range(trace.start_step, trace.start_step + steps):
+                phase = "batches"
                 try:
                     batch = next(stream)
                 except StopIteration:
@@ -400,6 +419,7 @@ def train(pipeline: Any, *, device: str = "cpu", seed: int = 0, steps: int, chec
                     continue
                 bad_inputs = nonfinite_count(batch)
                 digest = batch_hash(batch)
+                phase = "train_step"
                 loss = pipeline.train_step(state, batch)
                 state.step += 1
                 norm = probe.step_norm()
@@ -417,7 +437,9 @@ def train(pipeline: Any, *, device: str = "cpu", seed: int = 0, steps: int, chec
             else:
                 trace.stopped_by = trace.stopped_by or f"{steps} steps"
         except Exception as exc:  # noqa: BLE001 - a crashing step is evidence (out-of-range labels, shapes)
-            trace.error = f"{type(exc).__name__}: {exc}"
+            trace.error = f"{type(exc).__name__}: {exc}" if phase == "train_step" else \
+                f"{phase}: {type(exc).__name__}: {exc}"
+            trace.error_phase = phase
             trace.error_step = index if index >= trace.start_step else None
             trace.stopped_by = "an exception"
         finally:
