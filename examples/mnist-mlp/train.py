@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -51,7 +52,10 @@ loss_fn = torch.nn.CrossEntropyLoss()
 out = Path(args.out)
 (out / "runs").mkdir(parents=True, exist_ok=True)
 (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-log = open(out / "runs" / "metrics.jsonl", "a")
+# spml-loop (and other supervisors) name the step log to watch in $SPML_METRICS_LOG; the default otherwise
+log_path = Path(os.environ.get("SPML_METRICS_LOG") or out / "runs" / "metrics.jsonl")
+log_path.parent.mkdir(parents=True, exist_ok=True)
+log = open(log_path, "a")
 
 step = 0
 while step < max_steps:

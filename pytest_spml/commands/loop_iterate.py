@@ -89,7 +89,10 @@ def run(args: argparse.Namespace) -> Report:
     if args.criteria or not args.resume:
         from .. import gitcmd
 
-        chosen = load_criteria(_criteria_path(args, gitcmd.repo_info(args.repo).root))
+        root = gitcmd.repo_info(args.repo).root
+        chosen = load_criteria(_criteria_path(args, root))
+        check_committed(chosen.path, root)
+        check_commands(chosen, root)
     criteria = [chosen]
 
     def on_resume(state: Any, paths: Any, notes: list[str]) -> None:
@@ -118,6 +121,77 @@ def run(args: argparse.Namespace) -> Report:
         report.notes.extend(loop.notes)
         fill_report(report, engine, criteria[0], loop.paths)
         return report
+
+
+def check_committed(path: Path, root: Path) -> None:
+    """A criteria file inside the repository must be committed (or ignored): the loop starts from a clean base."""
+    from .. import gitcmd
+
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return  # outside the repository: no round can edit it
+    if rel.startswith(".spml/"):
+        return
+    tracked = gitcmd.run_git(root, ["ls-files", "-z", "--", rel], check=False)
+    if not tracked:
+        if _ignored(root, rel):
+            return  # ignored: outside compliance and rollback, like a file outside the repository
+        raise InputError(f"the criteria file is not committed; commit it with your baseline (`git add {rel} && git "
+                         "commit`), outside the Variable files, so no round can edit it (or keep it outside the "
+                         "repository)", path)
+    if _changed(root, rel):
+        raise InputError(f"the criteria file has uncommitted changes; commit them (`git commit {rel}`) before "
+                         "starting the loop, which starts from a clean commit", path)
+
+
+def _ignored(root: Path, rel: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["git", "check-ignore", "-q", "--", rel], cwd=root, capture_output=True).returncode == 0
+
+
+def _changed(root: Path, rel: str) -> bool:
+    import subprocess
+
+    done = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", rel], cwd=root, capture_output=True)
+    return done.returncode == 1
+
+
+_BUILTINS = frozenset(("true", "false", "test", "[", "exit", "cd", "echo", "printf", "exec", "command", "env",
+                       ":", "!", "set", "export", "source", ".", "eval", "time"))
+
+
+def check_commands(criteria: Any, root: Path) -> None:
+    """Each custom criterion's program exists before round 1: a typo would otherwise fail every round."""
+    import os
+    import shlex
+    import shutil
+
+    for c in criteria.items:
+        if c.kind != "custom":
+            continue
+        try:
+            words = shlex.split(c.command)
+        except ValueError:
+            continue  # shell syntax shlex cannot follow: the shell will say
+        words = [w for w in words if not (("=" in w) and w.split("=", 1)[0].isidentifier())] or words
+        if not words:
+            continue
+        program = words[0]
+        if program in _BUILTINS or any(ch in program for ch in "$`*?(){};|&<>"):
+            continue
+        if "/" in program:
+            target = Path(program) if Path(program).is_absolute() else root / program
+            if not target.is_file():
+                raise InputError(f"custom criterion '{c.name}': its program {program} does not exist (commands run "
+                                 "from the repository root)", criteria.path, c.line)
+            if not os.access(target, os.X_OK):
+                raise InputError(f"custom criterion '{c.name}': its program {program} is not executable "
+                                 f"(`chmod +x {program}`, or run it through its interpreter)", criteria.path, c.line)
+        elif shutil.which(program) is None:
+            raise InputError(f"custom criterion '{c.name}': command not found: {program} (not on PATH)",
+                             criteria.path, c.line)
 
 
 def _supervised(engine: Any) -> Any:

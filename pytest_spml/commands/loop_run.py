@@ -145,7 +145,7 @@ def open_loop(args: argparse.Namespace, *, on_resume: Callable[[Any, Any, list[s
     """
     from .. import gitcmd
     from ..loop.researcher import CommandResearcher
-    from ..loop.start import check_resume, start_new
+    from ..loop.start import check_resume, exclude_state_dir, start_new
     from ..loop.state import LoopLock, LoopPaths, load_state
     from ..protocol import load_protocol
 
@@ -160,14 +160,31 @@ def open_loop(args: argparse.Namespace, *, on_resume: Callable[[Any, Any, list[s
     if args.context:
         from ..watch.check import load_thresholds
 
-        thresholds = load_thresholds(Path(args.context))
-    root = gitcmd.repo_info(args.repo).root
+        context = Path(args.context)
+        if context.is_dir():
+            raise InputError("--context is a directory; pass the experiment-context.md file itself", context)
+        if not context.is_file():
+            raise InputError("--context: no such file (the experiment context written by `spml handoff`)", context)
+        thresholds = load_thresholds(context)
+    info = gitcmd.repo_info(args.repo)
+    root = info.root
+    for log in args.metrics_log:
+        check_metrics_log(log, root)
     paths = LoopPaths(root)
     # bad input is reported before anything is written (the lock file creates .spml/)
+    for path in (paths.dir, paths.state):
+        if path.exists() and not (path.is_dir() if path == paths.dir else path.is_file()):
+            kind = "a directory" if path.is_dir() else "not a regular file" if path == paths.state else "a file"
+            raise InputError(f"{paths.rel(path)} is {kind}, which the loop cannot use (the loop keeps its state in "
+                             ".spml/state.json); move it away, then start a loop or --resume", path)
+    if not args.resume and info.head is None and not paths.state.is_file():
+        raise InputError("the repository has no commits; commit the validated baseline first", root)
     if args.resume and not paths.state.is_file():
         raise InputError("nothing to resume: no loop state in .spml/; start a loop without --resume", paths.state)
     if not args.resume and not args.researcher and not paths.state.is_file():
         raise InputError(_NO_RESEARCHER)
+    # ignored before the lock file creates .spml/: a user's `git add -A` must never stage the loop's files
+    exclude_state_dir(info.git_dir)
     lock = LoopLock(paths.lock)
     lock.acquire()
     try:
@@ -212,6 +229,27 @@ def open_loop(args: argparse.Namespace, *, on_resume: Callable[[Any, Any, list[s
                         thresholds)
     finally:
         lock.release()
+
+
+def check_metrics_log(value: str, root: Path) -> None:
+    """A --metrics-log is a JSONL file training writes: it may not exist yet, but it is never a folder or binary."""
+    path = Path(value)
+    path = path if path.is_absolute() else root / path  # as the engine resolves it
+    if path.is_dir():
+        raise InputError("--metrics-log is a directory; pass the JSONL file training writes", path)
+    if path.exists():
+        if not path.is_file():
+            raise InputError("--metrics-log is not a regular file; pass the JSONL file training writes", path)
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(8192)
+        except OSError as exc:
+            raise InputError(f"--metrics-log cannot be read ({exc.strerror})", path) from None
+        if b"\0" in head:
+            raise InputError("--metrics-log is a binary file, not a JSONL log (one JSON record a line)", path)
+    elif not path.parent.is_dir():
+        if path.parent.exists():
+            raise InputError("--metrics-log: its parent is not a directory", path)
 
 
 def run(args: argparse.Namespace) -> Report:

@@ -45,6 +45,20 @@ def run(args: argparse.Namespace) -> Report:
             atomic_write(paths.stop, "stop requested by spml-loop status --stop\n")
             report.notes.append(f"asked the loop (pid {pid}) to stop after the round in progress")
     running = f"running (pid {pid})" if pid else "not running"
+    if pid is None and state.status in ("running", "paused"):
+        # the state says a loop is at work, but none holds the lock: it was killed (kill -9, a crash, a reboot)
+        import copy
+
+        command = "iterate" if (paths.dir / "criteria.yaml").is_file() else "run"
+        resume = f"resume with spml-loop {command} --resume"
+        current = state.current
+        at = ""
+        if current is not None and current.step != "done":
+            what = "baseline run" if current.kind == "baseline" else f"round {current.n}"
+            at = f"{what} at step {current.step}; "
+        state = copy.deepcopy(state)
+        state.status, state.stop_reason = "interrupted", f"{at}no loop holds the lock; {resume}"
+        running = f"interrupted (no loop holds the lock); {resume}"
     extra = [f"{TOOL}: {running}; {state.rounds_done} round(s) recorded; experiences in "
              f"{paths.rel(paths.experiences)}", *report.notes]
     if paths.stop.exists():

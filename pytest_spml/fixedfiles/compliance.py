@@ -227,11 +227,15 @@ def _hidden_by(root: Path, paths: list[str]) -> dict[str, str]:
         value = attrs[i + 2].decode()
         if value not in ("unspecified", "unset", ""):
             hints.setdefault(gitcmd.decode_path(attrs[i]), f"git reads it through the '{value}' filter")
-    ignored = gitcmd.run_git(root, ["check-ignore", "-z", "--no-index", "--stdin"], check=False,
-                             input=b"\0".join(os.fsencode(p) for p in paths) + b"\0")
-    for raw in ignored.split(b"\0"):
+    # -v names the rule's source (.gitignore, .git/info/exclude, core.excludesFile) and line
+    ignored = gitcmd.run_git(root, ["check-ignore", "-v", "-z", "--no-index", "--stdin"], check=False,
+                             input=b"\0".join(os.fsencode(p) for p in paths) + b"\0").split(b"\0")
+    for i in range(0, len(ignored) - 3, 4):
+        source, line, pattern, raw = ignored[i:i + 4]
         if raw:
-            hints.setdefault(gitcmd.decode_path(raw), "hidden from `git status` by an exclude rule")
+            where = f"{gitcmd.decode_path(source)}:{line.decode()}" if source else "an exclude rule"
+            hints.setdefault(gitcmd.decode_path(raw),
+                             f"hidden from `git status` by {where} ('{pattern.decode(errors='replace')}')")
     return hints
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import InputError
 from ..fsutil import atomic_write
 from .state import LoopPaths, LoopState
 
@@ -126,7 +127,15 @@ def add_note(paths: LoopPaths, text: str) -> Note:
     """Queue a note for the next round's researcher."""
     now = time.time()
     name = f"{time.time_ns():020d}-{os.getpid()}.json"
-    atomic_write(notes_dir(paths) / name, json.dumps({"text": text, "time": now}) + "\n")
+    folder = notes_dir(paths)
+    for parent in (paths.dir, folder):
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{paths.rel(parent)} is not a directory (the loop keeps pending notes in "
+                             f"{paths.rel(folder)}/); move it away and note again", parent)
+    try:
+        atomic_write(folder / name, json.dumps({"text": text, "time": now}) + "\n")
+    except OSError as exc:
+        raise InputError(f"cannot write the note ({exc.strerror or exc})", folder) from None
     return Note(text, now, name)
 
 

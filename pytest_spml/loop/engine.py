@@ -67,7 +67,8 @@ from .gitops import STATE_EXCLUDE, LoopGit
 from .judge import Judge, Outcome, Verdict, noise_floor
 from .prompt import build_prompt
 from .researcher import ResearchContext, ResearchResult
-from .rounds import ChildResult, EvalFailure, Supervisor, TrainWatch, child_env, eval_env, import_shadows, read_result
+from .rounds import (ChildResult, EvalFailure, Supervisor, TrainWatch, child_env, describe_exit, eval_env,
+                     import_shadows, read_result)
 from .state import LoopPaths, LoopState, RoundState, save_state
 
 PLATEAU_ROUNDS = 5
@@ -465,7 +466,7 @@ class Engine:
             self._set(cur, "train", status, message, result.seconds, exit=result.code, stopped=result.stopped,
                       **({"watchdog": result.evidence} if result.evidence else {}))
             short = {"watchdog": f"stopped early: {result.detail}", "time limit": "timeout"}.get(
-                result.stopped or "", f"train crashed ({proc.describe_exit(result.code)})")
+                result.stopped or "", f"train crashed ({describe_exit(result.code)}; see {self.paths.rel(log)})")
             raise _StepFailed("train", short, {"watchdog": result.evidence} if result.evidence else {})
         records = watch.records if watch is not None else 0
         self._set(cur, "train", "pass", f"finished in {result.seconds:.1f} s ({records} metric records watched)",

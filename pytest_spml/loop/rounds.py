@@ -58,7 +58,17 @@ class ChildResult:
             return f"time limit reached; stopped ({proc.describe_exit(self.code)})"
         if self.stopped == "interrupted":
             return "interrupted"
-        return proc.describe_exit(self.code)
+        return describe_exit(self.code)
+
+
+_SHELL_EXITS = {127: "command not found", 126: "command found but not executable (permission denied?)"}
+
+
+def describe_exit(code: int | None) -> str:
+    """``proc.describe_exit`` plus what the shell's own statuses mean (127: command not found, 126: not executable)."""
+    text = proc.describe_exit(code)
+    meaning = _SHELL_EXITS.get(code) if code is not None else None
+    return f"{text}: {meaning}" if meaning else text
 
 
 class Supervisor:

@@ -102,7 +102,7 @@ def start_new(root: Path, paths: LoopPaths, protocol: Protocol, tag: str | None,
     if create:
         git.create_branch(info.head)
         notes.append(f"created branch {branch} at {info.head[:12]}")
-    _exclude_state_dir(info.git_dir)
+    exclude_state_dir(info.git_dir)
     state = new_state(protocol, branch, tag, info.head, max_rounds, researcher)
     paths.dir.mkdir(parents=True, exist_ok=True)
     paths.stop.unlink(missing_ok=True)
@@ -111,7 +111,7 @@ def start_new(root: Path, paths: LoopPaths, protocol: Protocol, tag: str | None,
     return state, notes
 
 
-def _exclude_state_dir(git_dir: Path) -> None:
+def exclude_state_dir(git_dir: Path) -> None:
     """``/.spml/`` in ``.git/info/exclude``: a researcher's ``git add -A`` must not stage the loop's state.
 
     Only the user's own git commands read this file; the loop's checks and
