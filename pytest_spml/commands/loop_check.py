@@ -24,8 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="a metrics log (repeatable); format detected, or set --log-format")
     parser.add_argument("--log-format", default="auto", choices=("auto", "jsonl", "nanogpt", "hf", "kv", "regex"),
                         help="format of --log files (default: detected)")
-    parser.add_argument("--regex", help="with --log-format regex: a pattern with named groups, e.g. "
-                                        r"'step (?P<step>\d+) loss (?P<loss>[\d.]+)'")
+    parser.add_argument("--regex", help="a pattern with named groups, e.g. r'step (?P<step>\\d+) loss "
+                                        "(?P<loss>[\\d.]+)'; implies --log-format regex")
     parser.add_argument("--tensorboard", metavar="DIR", help="a TensorBoard log directory (every scalar is read)")
     parser.add_argument("--wandb", metavar="RUN",
                         help="a WandB run: ENTITY/PROJECT/RUN_ID (online, every row through scan_history) or an "
@@ -53,16 +53,43 @@ def source_specs(args: argparse.Namespace) -> list[Any]:
     """The sources named on the command line, WandB first (it is read first; the logs are its fallback)."""
     from ..watch.check import SourceSpec
 
+    fmt, regex = log_format(args)
     specs = [SourceSpec("wandb", args.wandb)] if args.wandb else []
-    specs += [SourceSpec("log", raw, fmt=args.log_format, regex=args.regex) for raw in args.log]
+    specs += [SourceSpec("log", raw, fmt=fmt, regex=regex) for raw in args.log]
     if args.tensorboard:
         specs.append(SourceSpec("tensorboard", args.tensorboard))
     return specs
 
 
+def log_format(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``--log-format`` and ``--regex``: a ``--regex`` without ``--log-format`` implies ``--log-format regex``;
+    with another format it is refused (SourceSpec)."""
+    fmt, regex = args.log_format, args.regex
+    if regex is not None and fmt == "auto":
+        fmt = "regex"
+    return fmt, regex
+
+
+def check_total_steps(args: argparse.Namespace) -> None:
+    if args.total_steps is not None and args.total_steps < 1:
+        raise InputError(f"--total-steps must be a positive number of steps, got {args.total_steps}")
+
+
 def run(args: argparse.Namespace) -> Report:
     if not args.log and not args.tensorboard and not args.wandb:
         raise InputError("no metrics source: pass --log PATH (repeatable), --tensorboard DIR or --wandb RUN")
+    check_total_steps(args)
+    if args.now is not None:
+        import math
+        import time
+
+        try:
+            if not math.isfinite(args.now):
+                raise ValueError
+            time.localtime(args.now)
+        except (ValueError, OverflowError, OSError):
+            raise InputError(f"--now must be a Unix time in seconds (e.g. {int(time.time())}), got {args.now!r}") \
+                from None
     from ..watch import check as checking
     from ..watch.model import KINDS
 
@@ -88,6 +115,7 @@ def run(args: argparse.Namespace) -> Report:
         report.results.append(CheckResult(kind, status, message, name=f"detector {kind}",
                                           blocking=verdict.decision == "STOP"))
     report.summary.update(outcome.summary)
+    report.notes.extend(outcome.notes)  # a log no line of which matched, a new run in the same log ...
     report.text = outcome.render()
     _save_evidence(args, report, outcome, context)
     if state_file is not None:

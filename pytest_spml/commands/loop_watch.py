@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               "--log/--tensorboard/--wandb reads the metrics from the run's console output")
     sources.add_argument("--log-format", default="auto", choices=("auto", "jsonl", "nanogpt", "hf", "kv", "regex"),
                          help="format of --log files (default: detected)")
-    sources.add_argument("--regex", help="with --log-format regex: a pattern with named groups (step, loss, ...)")
+    sources.add_argument("--regex", help="a pattern with named groups (step, loss, ...); implies --log-format regex")
     sources.add_argument("--tensorboard", metavar="DIR", help="a TensorBoard log directory")
     sources.add_argument("--wandb", metavar="RUN", help="a WandB run (ENTITY/PROJECT/RUN_ID) or offline run directory")
     sources.add_argument("--context", metavar="PATH",
@@ -162,9 +162,10 @@ def run(args: argparse.Namespace) -> Report:
 
     from ..watch import check as checking
     from ..watch.supervise import Supervisor
-    from .loop_check import source_specs
+    from .loop_check import check_total_steps, log_format, source_specs
 
     config = _config(args)
+    check_total_steps(args)
     specs = source_specs(args)
     if not specs:
         if not config.combined:
@@ -172,13 +173,15 @@ def run(args: argparse.Namespace) -> Report:
                              "elsewhere, or the training command after --")
         output = config.output or config.state_dir / "train.log"
         config.output = output
-        specs = [checking.SourceSpec("log", str(output), fmt=args.log_format, regex=args.regex)]
+        fmt, regex = log_format(args)
+        specs = [checking.SourceSpec("log", str(output), fmt=fmt, regex=regex)]
     if not config.combined and config.pid is None and not config.stop_command:
         note = "no --pid and no --stop-command: the watchdog can report a STOP but not act on it"
     else:
         note = None
     engine = checking.TrainingCheck(specs, checking.load_baseline(config.context, args.total_steps),
                                     checking.load_thresholds(config.context), started_at=time.time())
+    engine.validate()  # every input is checked before anything is launched
     try:
         result = Supervisor(config, engine).run()
     except OSError as exc:

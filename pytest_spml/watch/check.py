@@ -17,11 +17,13 @@ Standard library only at import time.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import math
 import pickle
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -57,6 +59,17 @@ class SourceSpec:
             raise ValueError(f"log format {self.fmt!r} is not one of {LOG_FORMATS}")
         if self.fmt == "regex" and not self.regex:
             raise InputError("--log-format regex needs --regex PATTERN (named groups step, loss, ...)")
+        if self.regex is not None and self.fmt != "regex":
+            raise InputError(f"--regex is used only with --log-format regex (not {self.fmt}); the format is "
+                             "implied when --log-format is left out")
+        if self.regex is not None:
+            try:
+                compiled = re.compile(self.regex)
+            except re.error as exc:
+                raise InputError(f"--regex {self.regex!r} is not a valid regular expression ({exc})") from None
+            if not compiled.groupindex:
+                raise InputError(f"--regex {self.regex!r} has no named group: name what it captures, e.g. "
+                                 r"'step (?P<step>\d+) loss (?P<loss>\S+)'")
 
 
 @dataclass
@@ -104,6 +117,7 @@ class CheckOutcome:
             f"  decision:   {self.verdict.decision} ({self.verdict.status})",
             f"  reason:     {self.verdict.reason}",
             f"  next check: in {self.verdict.next_check_minutes} minutes",
+            *(f"  note:       {n}" for n in self.notes),
         ]
         return "\n".join(lines) + "\n"
 
@@ -126,6 +140,7 @@ class _Source:
         self.records = 0
         self.status = "unread"  # ok | missing | unreachable
         self.detail = ""
+        self.after: float | None = None  # TensorBoard: only records logged after this time (skip_existing)
 
     def read(self, sink: Any) -> int:
         from . import sources
@@ -152,7 +167,7 @@ class _Source:
             except ImportError as exc:
                 raise InputError(str(exc), spec.target) from None
             self.status = "missing" if self.state.get("note") == "missing" else "ok"
-            count = sink(found)
+            count = sink(self._after(found))
         else:
             path = Path(spec.target)
             if not path.exists():
@@ -170,7 +185,7 @@ class _Source:
             elif fmt == "tensorboard":
                 found, self.state = sources.read_tensorboard(path, self.state)
                 self.state["spml_format"] = fmt
-                count = sink(found)
+                count = sink(self._after(found))
             else:
                 preset = "auto" if fmt in ("text", "regex") else fmt
                 regex = spec.regex if fmt == "regex" else None
@@ -180,10 +195,52 @@ class _Source:
         self.records += count
         return count
 
+    def _after(self, records: list[Record]) -> list[Record]:
+        if self.after is None:
+            return records
+        return [r for r in records if r.time is not None and r.time >= self.after]
+
+    def skip_existing(self, at: float) -> None:
+        """Judge only what is logged from now on (a run the watchdog starts now): logs are read from their
+        current end, TensorBoard records only from wall time ``at``. WandB runs are left as they are."""
+        from . import sources
+
+        spec = self.spec
+        if spec.kind == "tensorboard":
+            self.after = at
+            return
+        if spec.kind != "log":
+            return
+        path = Path(spec.target)
+        if not path.is_file():
+            return  # missing: everything in it will be new
+        if path.name.startswith("events.out.tfevents."):
+            self.after = at
+            return
+        try:
+            self.state = sources.start_at_end(path, self.state)
+        except OSError as exc:
+            raise InputError(f"cannot read the log ({exc.strerror or exc})", path) from None
+
+    def unmatched_note(self) -> str | None:
+        """A text log with lines of which none matched a format: say so, with what to do."""
+        if self.spec.kind != "log" or self.status != "ok" or self.records or self.detail not in ("text", "regex"):
+            return None
+        if not self.state.get("lineno"):
+            return None
+        if self.detail == "regex":
+            return (f"{self.spec.target}: no line matched --regex {self.spec.regex!r} "
+                    f"({self.state['lineno']} lines read); check the pattern and its named groups")
+        return (f"{self.spec.target}: no line matched any known log format (JSONL, nanoGPT, Hugging Face, "
+                f"key=value; {self.state['lineno']} lines read); name the format with --log-format, or pass "
+                "--regex with named groups (step, loss, ...)")
+
     def describe(self) -> str:
         what = {"missing": "not found", "unreachable": f"unreachable: {self.detail}"}.get(self.status)
         if what is None:
             what = f"{self.detail or self.spec.kind}, {self.records} records"
+            if self.unmatched_note() is not None:
+                what += ", no line matched a format"
         return f"{self.spec.target} ({what})"
 
     def saved_state(self) -> dict[str, Any]:
@@ -208,33 +265,111 @@ class TrainingCheck:
         self.healthy_checks = 0  # consecutive healthy checks: the adaptive interval grows with them
         self.last_outcome: CheckOutcome | None = None
         self._fallback_floor: int | None = None  # fallback logs feed only steps after what WandB gave
+        self.segments = 1  # a step counter back at (or below) the run's first step starts a new segment
+        self.segment_notes: deque[str] = deque(maxlen=5)
+        self._marks: dict[int, tuple[int | None, int | None]] = {}  # per source: (first, last) step this segment
+        self.process_alive = False  # the watchdog knows the run's process lives (it started it, or --pid)
 
     # reading -----------------------------------------------------------------------------------------------------
-    def _sink(self, floor: int | None = None):
+    def _sink(self, key: int, floor: int | None = None):
         def feed(records: list[Record]) -> int:
             if floor is not None:
                 records = [r for r in records if r.step is None or r.step > floor]
-            if records:
-                self.series.add(records, received_at=time.time())
-                self.recent.extend(records[-self.recent.maxlen:])  # only what the deque keeps
+            if not records:
+                return 0
+            cut = self._segment_start(records, key)
+            if cut is None:
+                self._add(records)
+                return len(records)
+            rows = list(records)  # rare: a new run appended to the same log; split it where the steps restart
+            while cut is not None:
+                self._add(rows[:cut])
+                self._new_segment(rows[cut].step, key)
+                rows = rows[cut:]
+                cut = self._segment_start(rows, key)
+            self._add(rows)
             return len(records)
         return feed
 
+    def _add(self, records: Any) -> None:
+        if len(records):
+            self.series.add(records, received_at=time.time())
+            self.recent.extend(records[-self.recent.maxlen:])  # only what the deque keeps
+
+    def _segment_start(self, records: Any, key: int) -> int | None:
+        """The index of the first record whose step goes back to (or below) the first step this source gave in
+        the current segment, or None; the source's (first, last) steps are updated up to there.
+
+        A rewind to a later step is a restart from a checkpoint (the same run: ``RunSeries`` handles it); a step
+        counter back at the start is another run appended to the same log, judged on its own.
+        """
+        steps = getattr(records, "steps", None)
+        if steps is None or getattr(records, "_records", None) is not None:
+            steps = [r.step for r in records]
+        first, last = self._marks.get(key, (None, None))
+        cut = None
+        for i, step in enumerate(steps):
+            if step is None:
+                if last is not None:
+                    last += 1
+                continue
+            if first is None:
+                first = step
+            elif last is not None and step < last and step <= first:
+                cut = i
+                break
+            last = step
+        self._marks[key] = (first, last)
+        return cut
+
+    def _new_segment(self, step: int | None, key: int) -> None:
+        old = self.series
+        target = self._sources[key].spec.target if 0 <= key < len(self._sources) else "a source"
+        self.segment_notes.append(f"{target}: the step went back to {step} after {self._marks[key][1]}: another run "
+                                  f"in the same log; only the records from there are judged (segment "
+                                  f"{self.segments + 1})")
+        self.segments += 1
+        self.series = RunSeries(started_at=old.started_at)
+        self.recent.clear()
+        self._marks = {}
+
     def _read(self) -> tuple[int, str]:
+        index = {id(s): n for n, s in enumerate(self._sources)}
         primary = [s for s in self._sources if s.spec.kind == "wandb"]
         others = [s for s in self._sources if s.spec.kind != "wandb"]
         if primary:
-            new = sum(s.read(self._sink()) for s in primary)
+            new = sum(s.read(self._sink(index[id(s)])) for s in primary)
             if all(s.status == "ok" for s in primary):
                 self._fallback_floor = self.series.last_step
                 return new, "wandb_ok"
             if not others:
                 return new, "unreachable"
             floor = self._fallback_floor if self._fallback_floor is not None else None
-            new += sum(s.read(self._sink(floor)) for s in others)
+            new += sum(s.read(self._sink(index[id(s)], floor)) for s in others)
             return new, "log_fallback" if any(s.status == "ok" for s in others) else "unreachable"
-        new = sum(s.read(self._sink()) for s in others)
+        new = sum(s.read(self._sink(index[id(s)])) for s in others)
         return new, "ok" if any(s.status == "ok" for s in others) else "unreachable"
+
+    def skip_existing(self, at: float | None = None) -> None:
+        """A run launched now: judge it only on what it writes from now on, not on an earlier run's records."""
+        at = time.time() if at is None else at
+        for source in self._sources:
+            source.skip_existing(at)
+
+    def validate(self) -> None:
+        """Refuse what a read would refuse, before anything is launched: a folder given as a log, a TensorBoard
+        source without the tensorboard package."""
+        import importlib.util
+
+        for spec in self.specs:
+            if spec.kind == "log" and Path(spec.target).is_dir():
+                raise InputError("is a directory: pass a log file with --log, or a TensorBoard directory with "
+                                 "--tensorboard", spec.target)
+            tensorboard = spec.kind == "tensorboard" or (spec.kind == "log" and Path(spec.target).name.startswith(
+                "events.out.tfevents."))
+            if tensorboard and importlib.util.find_spec("tensorboard") is None:
+                raise InputError("reading TensorBoard event files needs the tensorboard package: "
+                                 "pip install 'pytest-spml[tensorboard]'", spec.target)
 
     def notify_restart(self, at: float | None = None) -> None:
         """The run was restarted (from a checkpoint): staleness counts from now, not from the last record."""
@@ -248,12 +383,20 @@ class TrainingCheck:
         now = time.time() if now is None else now
         anomalies = detect_all(self.series, self.baseline, self.thresholds, now)
         reachable = status != "unreachable" and self.series.records > 0
+        if not reachable and self.process_alive and self.series.records == 0 and self.series.started_at is not None \
+                and all(s.status != "unreachable" for s in self._sources) \
+                and any(a.kind == "stale" and a.severity == "severe" for a in anomalies):
+            # the process lives but has logged nothing since it started, past the start-up grace: a hang to act
+            # on, not a source to wait for (an unreachable WandB API still only waits)
+            reachable = True
         verdict = decide(self.series, anomalies, self.baseline, now, source_ok=reachable,
                          healthy_checks=self.healthy_checks, thresholds=self.thresholds)
         self.checks += 1
         self.healthy_checks = self.healthy_checks + 1 if verdict.healthy else 0
         notes = [f"{s.spec.target}: {s.state['note']}" for s in self._sources
                  if isinstance(s.state.get("note"), str) and s.state["note"]]
+        notes += [n for n in (s.unmatched_note() for s in self._sources) if n]
+        notes += list(self.segment_notes)
         outcome = CheckOutcome(verdict=verdict, anomalies=list(anomalies), metrics=self._last_values(),
                                sources=[s.describe() for s in self._sources], source_status=status,
                                new_records=new, step=self.series.last_step, baseline=self.baseline,
@@ -279,7 +422,8 @@ class TrainingCheck:
         doc = {"version": _STATE_VERSION, "fingerprint": self.fingerprint(), "series": self.series,
                "recent": list(self.recent), "checks": self.checks, "healthy_checks": self.healthy_checks,
                "sources": [s.saved_state() for s in self._sources],
-               "records": [s.records for s in self._sources], "fallback_floor": self._fallback_floor}
+               "records": [s.records for s in self._sources], "fallback_floor": self._fallback_floor,
+               "segments": self.segments, "marks": dict(self._marks), "segment_notes": list(self.segment_notes)}
         atomic_write(path, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
 
     def restore(self, path: Path) -> str | None:
@@ -301,6 +445,9 @@ class TrainingCheck:
         self.recent = deque(doc["recent"], maxlen=50)
         self.checks, self.healthy_checks = int(doc["checks"]), int(doc["healthy_checks"])
         self._fallback_floor = doc["fallback_floor"]
+        self.segments = int(doc.get("segments", 1))
+        self._marks = dict(doc.get("marks") or {})
+        self.segment_notes = deque(doc.get("segment_notes") or (), maxlen=5)
         for source, state, records in zip(self._sources, doc["sources"], doc["records"]):
             source.state, source.records = dict(state), int(records)
         return None
@@ -398,7 +545,16 @@ def load_thresholds(path: Path | None) -> WatchThresholds:
     if found is None:
         return WatchThresholds()
     settings = _load_yaml(found[0], path, found[1], "Watchdog settings") or {}
+    if not isinstance(settings, dict):
+        raise InputError("the Watchdog settings block must be `key: value` lines", path, found[1])
+    line = found[1]
+    valid = {f.name for f in dataclasses.fields(WatchThresholds)} | {"mfu_drop"}
+    for key in settings:
+        if key not in valid:  # a misspelt setting would be ignored silently: name its line
+            at = next((n for n, text in enumerate(found[0].split("\n")[1:]) if text.strip().startswith(f"{key}:")), 0)
+            line = found[1] + at
+            break
     try:
-        return WatchThresholds.from_mapping(settings)
+        return WatchThresholds.from_mapping(settings, strict=True)
     except (ValueError, TypeError, AttributeError) as exc:
-        raise InputError(f"the Watchdog settings block is invalid ({exc})", path, found[1]) from None
+        raise InputError(f"the Watchdog settings block is invalid ({exc})", path, line) from None

@@ -108,9 +108,15 @@ class WatchThresholds:
             raise ValueError("WatchThresholds.check_intervals_minutes must be positive minutes")
 
     @classmethod
-    def from_mapping(cls, settings: Mapping[str, Any]) -> WatchThresholds:
-        """Thresholds from a settings mapping (experiment-context.md); unknown keys and nulls are ignored."""
+    def from_mapping(cls, settings: Mapping[str, Any], *, strict: bool = False) -> WatchThresholds:
+        """Thresholds from a settings mapping (experiment-context.md); nulls are ignored, and so are unknown keys
+        unless ``strict`` (then a misspelt setting is a ValueError that lists the valid names)."""
         known = {f.name: f for f in fields(cls)}
+        if strict:
+            unknown = [str(k) for k in settings if k != "mfu_drop" and k not in known]
+            if unknown:
+                raise ValueError(f"unknown watchdog setting{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(repr(k) for k in unknown)}; valid: {', '.join(known)} (and mfu_drop)")
         kwargs: dict[str, Any] = {}
         for key, value in settings.items():
             name = "throughput_drop" if key == "mfu_drop" else key
@@ -1180,6 +1186,16 @@ def detect_grad_explosion(series: RunSeries, baseline: Baseline | None = None,
                         f"{_x(level / reference)} the reference {reference:.4g} ({source})", "severe",
                         evidence=evidence)]
     high = [p for p in points if p[1] > limit]
+    if high and _known(baseline.grad_norm) is None:
+        # the reference is the run's own early median: a point is judged only against the early points at or
+        # before it (the very first steps of a run, larger than what follows as it settles, are no explosion)
+        early = [(s, v) for s, v in track.head if v > 0]
+
+        def judged(point: tuple[int, float, str]) -> bool:
+            before = [v for s, v in early if s <= point[0]]
+            return len(before) >= 5 and point[1] > thresholds.grad_norm_high_factor * _median(before)
+
+        high = [p for p in high if judged(p)]
     if high:
         step, value, line = max(high, key=lambda p: p[1])
         evidence.update(peak=_r(value), peak_step=step, line=line, points_above=len(high),

@@ -64,6 +64,7 @@ from pytest_spml.watch.model import Record
 __all__ = [
     "STEP_KEYS", "TIME_KEYS", "TEXT_PRESETS", "JsonlChunk", "detect_format", "read_source",
     "read_jsonl", "iter_jsonl", "iter_jsonl_chunks", "read_text_log", "iter_text_log", "read_tensorboard",
+    "start_at_end",
 ]
 
 STEP_KEYS = ("step", "iter", "iteration", "global_step", "_step", "epoch_step")
@@ -176,6 +177,34 @@ def _iter_raw(f, state: dict, chunk_size: int) -> Iterator[tuple[str, bytes, int
         yield "lines", buf[:nl + 1], pos
     if pending:
         yield "tail", pending, pos + len(pending)
+
+
+def start_at_end(path: str | os.PathLike, state: dict | None = None, fmt: str = "jsonl") -> dict:
+    """A reading state positioned at the current end of ``path``: the next read returns only lines added later.
+
+    For a run that starts now and appends to a log an earlier run wrote: the
+    old lines are skipped, not judged. The line count is kept (evidence still
+    names the right line); a half-written last line is skipped too (it belongs
+    to the earlier run). A missing file gives a state that reads from the start.
+    Rotation, truncation and replacement are still noticed by the next read.
+    """
+    state = _init_state({} if state is None else state, path, fmt)
+    f = _open_checked(path, state)
+    if f is None:
+        state["note"] = None
+        return state
+    with f:
+        f.seek(0)
+        lines = 0
+        size = 0
+        while True:
+            data = f.read(CHUNK_SIZE)
+            if not data:
+                break
+            lines += data.count(b"\n")
+            size += len(data)
+    state.update(offset=size, lineno=lines, size=size, partial_bytes=0, skipping=False, note=None)
+    return state
 
 
 @contextlib.contextmanager

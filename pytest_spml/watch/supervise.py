@@ -662,6 +662,8 @@ class Supervisor:
                             "not restarted (a restart would only repeat it)", failure)
 
     def _poll(self) -> Any:
+        # a silent start counts as a hang only when the watchdog knows the process lives (started it, or --pid)
+        self.check.process_alive = self.attempt is not None and self._alive()
         outcome = self.check.poll()
         self.last = outcome
         return outcome
@@ -788,9 +790,24 @@ class Supervisor:
                 return self._loop()
             except (_Stop, KeyboardInterrupt):
                 return self._interrupted()
+            except BaseException:
+                self._abandon()  # an unexpected error: never leave a run the watchdog started running unwatched
+                raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+
+    def _abandon(self) -> None:
+        """Stop the process group of an owned run and any eval, after an unexpected error in the watch loop."""
+        attempt = self.attempt
+        try:
+            if attempt is not None and attempt.popen is not None \
+                    and (attempt.popen.poll() is None or proc.group_alive(attempt.popen.pid)):
+                code = proc.terminate(attempt.popen, min(self.config.grace, 5.0))
+                self._say(f"the watch failed: stopped the run's process group ({proc.describe_exit(code)})")
+        finally:
+            if self.evals is not None:
+                self.evals.stop(1.0)
 
     def _loop(self) -> WatchResult:
         config = self.config
@@ -798,6 +815,9 @@ class Supervisor:
         if self.evals is not None:
             self.evals.mark_seen(self.checkpoints.complete())  # evaluate what appears from now on
         if config.combined:
+            skip = getattr(self.check, "skip_existing", None)
+            if callable(skip):  # the run starts now: an earlier run's records in the same log are not its own
+                skip()
             self._launch(None, restart=False)
         elif config.pid is not None:
             if not _pid_alive(config.pid):
