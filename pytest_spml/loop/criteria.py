@@ -881,7 +881,7 @@ def prompt_builder(criteria: Criteria) -> Callable[[Any, LoopState, list[RoundRo
     """The researcher's prompt of an ml-iteration round (the engine's ``prompt_builder`` option)."""
 
     def build(protocol: Any, state: LoopState, rows: list[RoundRow], round_n: int, last: int = 5) -> str:
-        from .prompt import _protocol_body
+        from .prompt import _protocol_body, round_rules
 
         lines = [
             f"# ml-iteration round {round_n} of {state.max_rounds}",
@@ -904,25 +904,7 @@ def prompt_builder(criteria: Criteria) -> Callable[[Any, LoopState, list[RoundRo
                 lines.append(f"- {str(item.get('status', '')).upper()} `{item.get('id')}`: {item.get('message')}")
         lines += [
             "",
-            "## What you may change",
-            "",
-            "- Variable files (only these may differ from the base): "
-            + ", ".join(f"`{g}`" for g in protocol.variable_files),
-            "",
-            "## What you must not change",
-            "",
-            "- Fixed files: " + ", ".join(f"`{g}`" for g in protocol.fixed_files) + f", and `{protocol.relpath}`. "
-            "Any other change fails the round before training.",
-            "- Do not commit, switch branches or rewrite history: the loop is the only writer of git history.",
-            "",
-            "## How the round runs",
-            "",
-            f"- training: `{protocol.train_command}` under a time limit of {protocol.time_limit_s:g} s; it should "
-            "append one JSON object per step to $SPML_METRICS_LOG (the step log the criteria read)",
-            f"- evaluation (fixed): `{protocol.eval_command}`; only the result file it writes for this round counts",
-            "- write one line `strategy: <what you changed and why>` and optionally `insight: <what you learned>` to "
-            "the file named by $SPML_STRATEGY",
-            "",
+            *round_rules(protocol, step_log=True),
             "## Experiences so far",
             "",
             summary_for_prompt(state, rows, last).rstrip(),

@@ -65,6 +65,23 @@ def build_prompt(protocol: Protocol, state: LoopState, rows: list[RoundRow], rou
         f"- an improvement must be strictly better than the best by more than {fmt_metric(margin)}; ties are not "
         "improvements",
         "",
+        *round_rules(protocol),
+        "## Experiences so far",
+        "",
+        summary_for_prompt(state, rows, last).rstrip(),
+    ]
+    if body:
+        lines += ["", "## Protocol notes", "", body]
+    return "\n".join(lines) + "\n"
+
+
+def round_rules(protocol: Any, *, step_log: bool = False) -> list[str]:
+    """What a researcher may change, must not change, and how its round is judged: the same for every loop."""
+    training = (f"- training: `{protocol.train_command}` under a time limit of {protocol.time_limit_s:g} s (killed at "
+                "twice that); a run that goes NaN is stopped early")
+    if step_log:
+        training += "; it should append one JSON object per step to $SPML_METRICS_LOG (the step log the criteria read)"
+    return [
         "## What you may change",
         "",
         "- Variable files (only these may differ from the base): " + ", ".join(f"`{g}`" for g in protocol.variable_files),
@@ -80,17 +97,10 @@ def build_prompt(protocol: Protocol, state: LoopState, rows: list[RoundRow], rou
         "",
         "## How the round is judged",
         "",
-        f"- training: `{protocol.train_command}` under a time limit of {protocol.time_limit_s:g} s (killed at twice "
-        "that); a run that goes NaN is stopped early",
+        training,
         f"- evaluation (fixed, the only source of truth): `{protocol.eval_command}`; only the result file it writes "
         "counts, never printed lines or other files",
         "- write one line `strategy: <what you changed and why>` and optionally `insight: <what you learned>` to "
         "the file named by $SPML_STRATEGY",
         "",
-        "## Experiences so far",
-        "",
-        summary_for_prompt(state, rows, last).rstrip(),
     ]
-    if body:
-        lines += ["", "## Protocol notes", "", body]
-    return "\n".join(lines) + "\n"

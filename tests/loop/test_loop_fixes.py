@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from loophelpers import (BETTER_CONFIG, BIN, GIT_ID, config_text, git, researcher_command, rows, run_json, run_loop,
+from loophelpers import (BETTER_CONFIG, BIN, config_text, git, researcher_command, rows, run_json, run_loop,
                          set_protocol, status_porcelain, write_plan)
 
 from pytest_spml.loop.criteria import load_criteria

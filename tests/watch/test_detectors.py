@@ -667,7 +667,7 @@ def test_stale_after_startup_uses_the_step_time() -> None:
     assert detect_stale(series, now=last + 90) == []
     (a,) = detect_stale(series, now=last + 120)
     assert a.evidence["threshold_s"] == 100 and a.evidence["silent_s"] == 120
-    series, anomalies, verdict = series, [a], decide(series, [a], Baseline(expected_total_steps=2000), last + 120)
+    verdict = decide(series, [a], Baseline(expected_total_steps=2000), last + 120)
     assert (verdict.decision, verdict.status) == ("STOP", "STALE")
 
 
