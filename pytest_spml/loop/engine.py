@@ -206,8 +206,11 @@ class Engine:
                     if reason:
                         break
                     # --- human on the loop (loop/control.py): `spml-loop pause` holds the loop here, between rounds
+                    paused_at = time.monotonic()
                     if control.wait_if_paused(self.paths, self.state, save=self._save, say=self._say,
                                               interrupted=lambda: self._interrupt, poll_s=self.options.poll_s):
+                        # the budget is for rounds: time a human held the loop does not count
+                        self.started += time.monotonic() - paused_at
                         continue  # check the stop conditions again before the next round
                     # ---
                     self._round(self.state.rounds_done + 1)

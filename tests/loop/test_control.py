@@ -156,3 +156,23 @@ def test_the_control_verbs_are_documented(capsys: pytest.CaptureFixture[str]) ->
         assert f"    {verb}" in out and text in out
     assert loop_cli.main(["note", "--help"]) == 0
     assert "it goes into that round's prompt" in " ".join(capsys.readouterr().out.split())
+
+
+def test_time_spent_paused_does_not_use_the_budget(repo: Path, tmp_path: Path) -> None:
+    """--budget is for rounds: a loop held by `spml-loop pause` longer than its budget still runs the next round."""
+    plan = write_plan(tmp_path, {1: {"write": {"config.json": config_text(BETTER_CONFIG)}},
+                                 2: {"write": {"config.json": config_text(BEST_CONFIG)}}})
+    assert run_json(repo, "pause")[0].returncode == 0  # before round 1: the loop waits at once
+    loop = start_loop(repo, plan, "--max-rounds", "2", "--budget", "3s")
+    try:
+        wait_for(lambda: state(repo).get("status") == "paused")
+        time.sleep(4)  # longer than the whole budget
+        assert calls(plan) == []
+        assert run_json(repo, "unpause")[0].returncode == 0
+        out, err = loop.communicate(timeout=60)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    assert loop.returncode == 0, err
+    assert calls(plan)[:1] == [1], err  # round 1 ran after the pause; the budget then ends the loop when used
