@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
 
+from helpers import pid_alive
+
 from pytest_spml import proc
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_terminate_reaches_forked_workers(tmp_path):
@@ -31,9 +24,9 @@ def test_terminate_reaches_forked_workers(tmp_path):
     code = proc.terminate(child, grace=5)
     assert proc.signal_of(code) == signal.SIGTERM
     deadline = time.monotonic() + 5
-    while _pid_alive(worker) and time.monotonic() < deadline:
+    while pid_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _pid_alive(worker)
+    assert not pid_alive(worker)
 
 
 def test_sigkill_after_grace_when_sigterm_is_ignored(tmp_path):

@@ -113,62 +113,43 @@ class Supervisor:
 
 
 class TrainWatch:
-    """The watchdog on a training round: new log bytes in, a STOP verdict out."""
+    """The watchdog on a training round: the training check over the round's logs, a STOP verdict out.
+
+    Only what the round writes counts: every log is read from its end at the
+    start of the round (a training run that truncates or replaces a file is
+    noticed by the reader and read from its start).
+    """
 
     def __init__(self, text_logs: list[Path], jsonl_logs: list[Path], thresholds: Any = None):
-        from ..watch.detectors import RunSeries, WatchThresholds
+        from ..watch.check import SourceSpec, TrainingCheck
         from ..watch.model import Baseline
 
-        self.series = RunSeries(started_at=time.time())
-        self.baseline = Baseline(source="the round's own early steps")
-        self.thresholds = thresholds or WatchThresholds()
-        self.sources: list[tuple[str, Path, dict]] = []
-        for path in text_logs:
-            self.sources.append(("text", path, self._skip_existing(path)))
-        for path in jsonl_logs:
-            self.sources.append(("jsonl", path, self._skip_existing(path)))
+        specs = [SourceSpec("log", str(p)) for p in text_logs] + [SourceSpec("log", str(p), fmt="jsonl")
+                                                                  for p in jsonl_logs]
+        self.check = TrainingCheck(specs, Baseline(source="the round's own early steps"), thresholds,
+                                   started_at=time.time())
+        self.check.skip_existing()
         self.records = 0
         self.last: Any = None
+        self.anomalies: list[Any] = []
         self.error = ""
 
-    @staticmethod
-    def _skip_existing(path: Path) -> dict:
-        """Start reading at the current end: lines from earlier rounds are not this round's.
-
-        A training run that truncates or replaces the file is noticed by the
-        reader (size below the offset, another inode) and read from its start.
-        """
-        try:
-            st = path.stat()
-        except OSError:
-            return {}
-        return {"offset": st.st_size, "size": st.st_size, "inode": st.st_ino, "dev": st.st_dev}
+    @property
+    def series(self) -> Any:
+        return self.check.series
 
     def poll(self, now: float) -> Any:
         """Read what was added; the watchdog's verdict when it says STOP, else None."""
-        from ..watch import sources
-        from ..watch.decide import decide
-        from ..watch.detectors import detect_all
-
-        added = 0
-        for kind, path, state in self.sources:
-            if not path.exists():
-                continue
-            chunks = sources.iter_jsonl(path, state) if kind == "jsonl" else sources.iter_text_log(path, state=state)
-            for records in chunks:
-                added += self.series.add(records, received_at=now)
+        added, status = self.check.read()
         self.records += added
-        if not added and self.last is not None:
+        if not added and self.last is not None:  # nothing new: the last verdict stands
             return self.last if self.last.decision == "STOP" else None
-        anomalies = detect_all(self.series, self.baseline, self.thresholds, now)
-        verdict = decide(self.series, anomalies, self.baseline, now, source_ok=self.records > 0,
-                         thresholds=self.thresholds)
-        self.last = verdict
-        self.anomalies = anomalies
-        return verdict if verdict.decision == "STOP" else None
+        outcome = self.check.judge(added, status, now)
+        self.last, self.anomalies = outcome.verdict, outcome.anomalies
+        return self.last if self.last.decision == "STOP" else None
 
     def stop_evidence(self, verdict: Any) -> dict[str, Any]:
-        kinds = [a.kind for a in getattr(self, "anomalies", []) if a.severity == "severe" and not a.recovered]
+        kinds = [a.kind for a in self.anomalies if a.severity == "severe" and not a.recovered]
         return {"anomalies": kinds, "step": self.series.last_step, "records": self.records}
 
 

@@ -333,7 +333,8 @@ class TrainingCheck:
         self.recent.clear()
         self._marks = {}
 
-    def _read(self) -> tuple[int, str]:
+    def read(self) -> tuple[int, str]:
+        """Feed what is new in every source into the series: (records added, source status)."""
         index = {id(s): n for n, s in enumerate(self._sources)}
         primary = [s for s in self._sources if s.spec.kind == "wandb"]
         others = [s for s in self._sources if s.spec.kind != "wandb"]
@@ -379,7 +380,10 @@ class TrainingCheck:
     # deciding ----------------------------------------------------------------------------------------------------
     def poll(self, now: float | None = None) -> CheckOutcome:
         """Read what is new in every source, run the detectors, decide."""
-        new, status = self._read()
+        return self.judge(*self.read(), now)
+
+    def judge(self, new: int, status: str, now: float | None = None) -> CheckOutcome:
+        """Run the detectors on the series as it is and decide (after ``read`` gave ``new`` records, ``status``)."""
         now = time.time() if now is None else now
         anomalies = detect_all(self.series, self.baseline, self.thresholds, now)
         reachable = status != "unreachable" and self.series.records > 0
